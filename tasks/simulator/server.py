@@ -1,0 +1,647 @@
+"""A local HTTP server speaking Nightscout's v1 API over simulated sites.
+
+One server hosts many sites under a path prefix (``/a/api/v1/...``); the first site is also
+served at the root (``/api/v1/...``). Query semantics follow Nightscout v1: ``find[...]``
+filters with ``$gte/$gt/$lte/$lt/$ne``, numeric ``date`` on entries, string ``created_at`` on
+treatments and devicestatus, default ``count`` (10 entries/devicestatus, 100 treatments or 1000
+with a ``find``), newest first, and a silent 4-day window when no date filter is given.
+Days are generated lazily and kept, pre-serialised, in an LRU cache per (site, day, collection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final, Self
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tasks.simulator.generate import (
+    Document,
+    SiteConfig,
+    default_site,
+    generate_collection,
+    generate_profiles,
+)
+
+__all__ = ["Fault", "SimulatorServer", "start_simulator"]
+
+
+def _std_dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_dumps: Callable[[Any], bytes] = _std_dumps
+try:  # orjson ships with Prefect and writes the same compact JSON ~4x faster
+    import orjson
+
+    _dumps = orjson.dumps
+except ImportError:  # pragma: no cover - the standard library is enough, only slower
+    pass
+
+logger = logging.getLogger("cascade.simulator")
+
+_DAY_MS: Final = 86_400_000
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_DEFAULT_WINDOW_MS: Final = 4 * _DAY_MS
+_FIND: Final = re.compile(r"^find\[([^\]]+)\](?:\[([^\]]+)\])?$")
+_ORDER_OPS: Final = frozenset({"$gte", "$gt", "$lte", "$lt", "$eq"})
+_ROUTES: Final[dict[str, tuple[str, str | None]]] = {
+    "entries": ("entries", None),
+    "entries/sgv": ("entries", "sgv"),
+    "entries/mbg": ("entries", "mbg"),
+    "entries/cal": ("entries", "cal"),
+    "treatments": ("treatments", None),
+    "devicestatus": ("devicestatus", None),
+    "profile": ("profile", None),
+    "status": ("status", None),
+}
+_TIME_FIELD: Final = {"entries": "date", "treatments": "created_at", "devicestatus": "created_at"}
+_DATE_FIELDS: Final = {
+    "entries": frozenset({"date", "dateString"}),
+    "treatments": frozenset({"created_at"}),
+    "devicestatus": frozenset({"created_at"}),
+}
+_REASONS: Final = {
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour, consumed by the next ``remaining`` matching requests."""
+
+    status: int | None = None
+    body: str | None = None
+    content_type: str = "application/json"
+    retry_after: float | None = None
+    truncate: bool = False
+    delay_s: float = 0.0
+    path: str | None = None
+    remaining: int = 1
+
+    def matches(self, path: str, site_path: str) -> bool:
+        """Whether this fault applies to a request for ``path`` (full or site-relative)."""
+        return self.path is None or path.startswith(self.path) or site_path.startswith(self.path)
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Cond:
+    field: str
+    op: str
+    value: str
+
+    @property
+    def number(self) -> float:
+        """The value as Nightscout's numeric parse would read it (NaN when not a number)."""
+        try:
+            return float(self.value)
+        except ValueError:
+            return math.nan
+
+
+@dataclass(frozen=True)
+class _Index:
+    """One day of one collection, pre-serialised.
+
+    Keys (``ms``, ``text``, ``types``) are in ascending time order; ``blob`` holds the JSON
+    documents newest first, comma-joined, so any run of consecutive documents is one slice:
+    ascending position ``i`` spans ``blob[starts[i]:ends[i]]``.
+    """
+
+    ms: NDArray[np.int64]
+    text: NDArray[np.str_] | None
+    types: NDArray[np.str_] | None
+    blob: bytes
+    starts: NDArray[np.int64]
+    ends: NDArray[np.int64]
+
+    def piece(self, newest: int, oldest: int) -> bytes:
+        """Documents at ascending positions ``newest`` down to ``oldest``, as one JSON run."""
+        return self.blob[self.starts[newest] : self.ends[oldest]]
+
+
+@dataclass(frozen=True)
+class _Query:
+    collection: str
+    type_: str | None
+    time_conds: list[_Cond]
+    other_conds: list[_Cond]
+    count: int
+    low_ms: int | None  # the silent 4-day window, when no date filter was given
+    now_ms: int
+
+
+# ----------------------------------------------------------------------------- day cache
+
+
+@lru_cache(maxsize=1500)
+def _day_index(site: SiteConfig, ordinal: int, collection: str) -> _Index:
+    """Generate, sort (time, then _id) and serialise one (site, day, collection), once."""
+    docs = generate_collection(site, date.fromordinal(ordinal), collection)
+    text = None
+    if collection == "entries":
+        ms = np.array([d["date"] for d in docs], dtype=np.int64)
+    else:  # created_at is always UTC "...000Z" here: strip the Z for numpy
+        text = np.array([d["created_at"] for d in docs], dtype=str)
+        stamps = np.array([t[:-1] for t in text.tolist()], dtype="datetime64[ms]")
+        ms = stamps.astype(np.int64)
+    order = np.lexsort((np.array([d["_id"] for d in docs], dtype=str), ms))
+    docs = [docs[i] for i in order.tolist()]
+    types = np.array([d["type"] for d in docs], dtype=str) if collection == "entries" else None
+    blob, starts, ends = _pack([_dumps(d) for d in docs])
+    return _Index(ms[order], None if text is None else text[order], types, blob, starts, ends)
+
+
+def _pack(fragments: list[bytes]) -> tuple[bytes, NDArray[np.int64], NDArray[np.int64]]:
+    """Join ascending fragments newest first; return the blob and each one's span in it."""
+    sizes = np.array([len(f) for f in fragments[::-1]], dtype=np.int64)
+    starts_desc = np.concatenate([[0], np.cumsum(sizes + 1)[:-1]]).astype(np.int64)
+    ends_desc = starts_desc + sizes
+    return b",".join(fragments[::-1]), starts_desc[::-1].copy(), ends_desc[::-1].copy()
+
+
+# ----------------------------------------------------------------------------- query parsing
+
+
+def _parse_conds(params: list[tuple[str, str]]) -> list[_Cond]:
+    conds = []
+    for key, value in params:
+        match = _FIND.match(key)
+        if match is None:
+            continue
+        name, op = match.group(1), match.group(2)
+        if op is not None and not op.startswith("$"):
+            name, op = f"{name}.{op}", None
+        conds.append(_Cond(name, op or "$eq", value))
+    return conds
+
+
+def _count(params: dict[str, str], collection: str, has_find: bool) -> int:
+    default = 10
+    if collection == "treatments":
+        default = 1000 if has_find else 100
+    try:
+        value = int(params.get("count", ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _build_query(collection: str, type_: str | None, query: str, now_ms: int) -> _Query:
+    params = parse_qsl(query, keep_blank_values=True)
+    conds = _parse_conds(params)
+    if collection == "entries":
+        type_ = type_ or next((c.value for c in conds if c.field == "type" and c.op == "$eq"), None)
+        conds = [c for c in conds if not (c.field == "type" and c.op == "$eq")]
+    time_field = _TIME_FIELD[collection]
+    time_conds = [c for c in conds if c.field == time_field and c.op in _ORDER_OPS]
+    other = [c for c in conds if c not in time_conds]
+    dated = any(c.field in _DATE_FIELDS[collection] for c in conds)
+    return _Query(
+        collection=collection,
+        type_=type_,
+        time_conds=time_conds,
+        other_conds=other,
+        count=_count(dict(params), collection, bool(conds) or type_ is not None),
+        low_ms=None if dated else now_ms - _DEFAULT_WINDOW_MS,
+        now_ms=now_ms,
+    )
+
+
+# ----------------------------------------------------------------------------- query execution
+
+
+def _value_ordinal(cond: _Cond, numeric: bool) -> int | None:
+    """UTC day ordinal a filter value points at (None when it cannot be read)."""
+    if numeric:
+        number = cond.number
+        return None if math.isnan(number) else int(number) // _DAY_MS + _EPOCH_ORDINAL
+    try:
+        return date.fromisoformat(cond.value[:10]).toordinal()
+    except ValueError:
+        return None
+
+
+def _day_span(q: _Query, first: int, last: int) -> tuple[int, int]:
+    """Inclusive UTC day ordinals that may hold matches, widened a day for local strings."""
+    if q.low_ms is not None:
+        first = max(first, q.low_ms // _DAY_MS + _EPOCH_ORDINAL)
+    bounded = q.time_conds + [c for c in q.other_conds if c.field == "dateString"]
+    for cond in bounded:
+        numeric = cond.field == "date"
+        ordinal = _value_ordinal(cond, numeric)
+        if ordinal is None:
+            if numeric:
+                return 1, 0  # NaN compares false: nothing matches
+            continue
+        margin = 0 if numeric else 1
+        if cond.op in ("$gte", "$gt", "$eq"):
+            first = max(first, ordinal - margin)
+        if cond.op in ("$lte", "$lt", "$eq"):
+            last = min(last, ordinal + margin)
+    return first, last
+
+
+def _slice(index: _Index, q: _Query) -> tuple[int, int]:
+    """Positions [lo, hi) of the day's sorted documents inside the time filters."""
+    lo = 0
+    hi = int(np.searchsorted(index.ms, q.now_ms, side="right"))
+    if q.low_ms is not None:
+        lo = int(np.searchsorted(index.ms, q.low_ms, side="left"))
+    for cond in q.time_conds:
+        keys: Any = index.ms if index.text is None else index.text
+        value: Any = cond.number if index.text is None else cond.value
+        if cond.op in ("$gte", "$eq"):
+            lo = max(lo, int(np.searchsorted(keys, value, side="left")))
+        if cond.op == "$gt":
+            lo = max(lo, int(np.searchsorted(keys, value, side="right")))
+        if cond.op in ("$lte", "$eq"):
+            hi = min(hi, int(np.searchsorted(keys, value, side="right")))
+        if cond.op == "$lt":
+            hi = min(hi, int(np.searchsorted(keys, value, side="left")))
+    return lo, hi
+
+
+def _lookup(doc: Document, dotted: str) -> Any:
+    value: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _matches(doc: Document, cond: _Cond) -> bool:
+    """Mongo-like comparison: numbers compare numerically, everything else as strings."""
+    value = _lookup(doc, cond.field)
+    if value is None:
+        return cond.op == "$ne"
+    wanted: Any = cond.value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        wanted = cond.number
+    else:
+        value = str(value)
+    if cond.op in ("$eq", "$ne"):
+        return bool(value == wanted) == (cond.op == "$eq")
+    if isinstance(wanted, float) and math.isnan(wanted):
+        return False
+    compare = {
+        "$gte": value >= wanted,
+        "$gt": value > wanted,
+        "$lte": value <= wanted,
+        "$lt": value < wanted,
+    }
+    return bool(compare.get(cond.op, False))
+
+
+def _day_matches(index: _Index, q: _Query, need: int) -> tuple[list[bytes], int]:
+    """Up to ``need`` matching documents of one day, newest first, and how many."""
+    lo, hi = _slice(index, q)
+    if hi <= lo:
+        return [], 0
+    if q.type_ is None and not q.other_conds:
+        oldest = max(lo, hi - need)
+        return [index.piece(hi - 1, oldest)], hi - oldest
+    positions: Sequence[int] = range(hi - 1, lo - 1, -1)
+    if q.type_ is not None and index.types is not None:
+        positions = (np.nonzero(index.types[lo:hi] == q.type_)[0] + lo)[::-1].tolist()
+    found: list[bytes] = []
+    for i in positions:
+        piece = index.piece(i, i)
+        if all(_matches(json.loads(piece), c) for c in q.other_conds):
+            found.append(piece)
+            if len(found) == need:
+                break
+    return found, len(found)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    simulator: SimulatorServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        """Answer one GET through the simulator, applying any injected fault."""
+        parts = urlsplit(self.path)
+        response = self.server.simulator.respond(parts.path, parts.query, self.headers)
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test): nothing to do
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: requests go to ``request_log`` and debug logging instead of stderr."""
+        logger.debug("%s " + format, self.address_string(), *args)
+
+
+@dataclass
+class SimulatorServer:
+    """Nightscout v1 over simulated sites, on a local port, in a background thread.
+
+    Args:
+        sites: the sites to host; the first is also served at the root.
+        now: a fixed "now" (data ends there); None follows the wall clock.
+        host, port: where to listen (port 0 picks a free port).
+        history_days: data starts this many days before ``now``.
+        auth_fail_delay_s: delay per failed auth (Nightscout uses 5 s; 0 keeps tests fast).
+    """
+
+    sites: list[SiteConfig]
+    now: datetime | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    history_days: int = 400
+    auth_fail_delay_s: float = 0.0
+    request_log: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise ValueError("SimulatorServer needs at least one site")
+        if self.now is not None and self.now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (UTC)")
+        self._by_id = {s.site_id: s for s in self.sites}
+        start = self.now or datetime.now(UTC)
+        self.first_day = start.astimezone(UTC).date() - timedelta(days=self.history_days)
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._http = _HTTPServer((self.host, self.port), _Handler)
+        self._http.simulator = self
+        self.port = int(self._http.server_address[1])
+
+    # -- lifecycle
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Self:
+        """Serve in a background daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._http.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="nightscout-simulator",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted."""
+        self._http.serve_forever()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        if self._thread is not None:
+            self._http.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._http.server_close()
+
+    # -- addresses and clock
+
+    @property
+    def url(self) -> str:
+        """Base URL of the first site, served at the root."""
+        return f"http://{self.host}:{self.port}"
+
+    def url_for(self, site_id: str) -> str:
+        """Base URL of ``site_id`` (give it to a client as the Nightscout site URL)."""
+        if site_id not in self._by_id:
+            raise KeyError(f"no simulated site {site_id!r}; have {sorted(self._by_id)}")
+        return f"{self.url}/{site_id}"
+
+    def current_time(self) -> datetime:
+        """The server's "now": fixed if given, else the wall clock."""
+        return self.now if self.now is not None else datetime.now(UTC)
+
+    # -- fault injection
+
+    def inject(
+        self,
+        status: int | None = None,
+        *,
+        body: str | None = None,
+        content_type: str = "application/json",
+        retry_after: float | None = None,
+        truncate: bool = False,
+        delay_s: float = 0.0,
+        times: int = 1,
+        path: str | None = None,
+    ) -> Fault:
+        """Queue a fault for the next ``times`` requests (under ``path``, if given)."""
+        fault = Fault(status, body, content_type, retry_after, truncate, delay_s, path, times)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, path: str, site_path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(path, site_path):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # -- request handling
+
+    def respond(self, path: str, query: str, headers: Any) -> _Response:
+        """The full answer to ``GET path?query``, faults applied, logged."""
+        site, site_path = self._resolve_site(path)
+        fault = self._take_fault(path, site_path)
+        if fault is not None and fault.delay_s > 0:
+            time.sleep(fault.delay_s)
+        response = self._fault_response(fault)
+        if response is None:
+            response = self._answer(site, site_path, query, headers)
+            if fault is not None and fault.truncate:
+                response = _Response(
+                    response.status,
+                    response.body[: len(response.body) // 2],
+                    response.content_type,
+                    response.headers,
+                )
+        with self._lock:
+            self.request_log.append((path, query, response.status))
+        return response
+
+    def _fault_response(self, fault: Fault | None) -> _Response | None:
+        if fault is None or (fault.status is None and fault.body is None):
+            return None
+        status = fault.status or 200
+        body = fault.body
+        if body is None:
+            body = json.dumps({"status": status, "message": _REASONS.get(status, "Error")})
+        extra = () if fault.retry_after is None else (("Retry-After", f"{fault.retry_after:g}"),)
+        return _Response(status, body.encode(), fault.content_type, extra)
+
+    def _resolve_site(self, path: str) -> tuple[SiteConfig | None, str]:
+        head, _, rest = path.lstrip("/").partition("/")
+        if head in self._by_id and rest.startswith("api/"):
+            return self._by_id[head], "/" + rest
+        if path.startswith("/api/"):
+            return self.sites[0], path
+        return None, path
+
+    def _answer(
+        self, site: SiteConfig | None, site_path: str, query: str, headers: Any
+    ) -> _Response:
+        route = site_path.removeprefix("/api/v1/").removesuffix(".json")
+        if site is None or not site_path.startswith("/api/v1/") or route not in _ROUTES:
+            return _not_found(site_path)
+        collection, type_ = _ROUTES[route]
+        if collection == "status":
+            return _json_response(self._status(site))
+        if not _authorised(site, headers, query):
+            if self.auth_fail_delay_s:
+                time.sleep(self.auth_fail_delay_s)
+            return _unauthorised()
+        if collection == "profile":
+            return _json_response(self._profiles(site))
+        return self._find(site, collection, type_, query)
+
+    def _find(self, site: SiteConfig, collection: str, type_: str | None, query: str) -> _Response:
+        now_ms = int(self.current_time().timestamp() * 1000)
+        q = _build_query(collection, type_, query, now_ms)
+        first, last = _day_span(q, self.first_day.toordinal(), now_ms // _DAY_MS + _EPOCH_ORDINAL)
+        return _Response(200, _join(self._fragments(site, q, first, last)))
+
+    def _fragments(self, site: SiteConfig, q: _Query, first: int, last: int) -> Iterator[bytes]:
+        remaining = q.count
+        for ordinal in range(last, first - 1, -1):
+            found, count = _day_matches(_day_index(site, ordinal, q.collection), q, remaining)
+            yield from found
+            remaining -= count
+            if remaining <= 0:
+                return
+
+    def _profiles(self, site: SiteConfig) -> list[Document]:
+        now = self.current_time()
+        docs = generate_profiles(site, self.first_day, now.astimezone(UTC).date())
+        limit = int(now.timestamp() * 1000)
+        return [d for d in docs if d["mills"] <= limit]
+
+    def _status(self, site: SiteConfig) -> Document:
+        now = self.current_time().astimezone(UTC)
+        return {
+            "status": "ok",
+            "name": "nightscout",
+            "version": "15.0.2",
+            "serverTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+            "serverTimeEpoch": int(now.timestamp() * 1000),
+            "apiEnabled": True,
+            "careportalEnabled": True,
+            "boluscalcEnabled": True,
+            "settings": {
+                "units": "mg/dl",
+                "timeFormat": 24,
+                "customTitle": f"Cascade simulator ({site.site_id})",
+                "theme": "colors",
+                "authDefaultRoles": "denied" if _needs_auth(site) else "readable",
+                "enable": ["careportal", "iob", "cob", "basal", "openaps", "pump", "rawbg"],
+            },
+            "extendedSettings": {"devicestatus": {"advanced": True}},
+            "authorized": None,
+        }
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _join(fragments: Iterator[bytes]) -> bytes:
+    return b"[" + b",".join(fragments) + b"]"
+
+
+def _json_response(payload: Any, status: int = 200) -> _Response:
+    return _Response(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def _not_found(path: str) -> _Response:
+    body = f"<!DOCTYPE html><pre>Cannot GET {path}</pre>".encode()
+    return _Response(404, body, "text/html; charset=utf-8")
+
+
+def _unauthorised() -> _Response:
+    payload = {"status": 401, "message": "Unauthorized", "description": "Invalid/Missing"}
+    return _json_response(payload, 401)
+
+
+def _needs_auth(site: SiteConfig) -> bool:
+    return site.api_secret is not None or site.token is not None
+
+
+def _authorised(site: SiteConfig, headers: Any, query: str) -> bool:
+    """SHA-1 or SHA-512 hex of the secret in ``api-secret``, or ``token=`` in the query."""
+    if not _needs_auth(site):
+        return True
+    sent = (headers.get("api-secret") or "").strip().lower()
+    if site.api_secret is not None and sent:
+        raw = site.api_secret.encode()
+        if sent in (hashlib.sha1(raw).hexdigest(), hashlib.sha512(raw).hexdigest()):
+            return True
+    tokens = [v for k, v in parse_qsl(query) if k == "token"]
+    return site.token is not None and site.token in tokens
+
+
+def start_simulator(
+    sites: Sequence[SiteConfig | str] = ("a",),
+    *,
+    now: datetime | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    history_days: int = 400,
+) -> SimulatorServer:
+    """Start a simulator in a background thread; site ids become ``default_site`` configs."""
+    configs = [s if isinstance(s, SiteConfig) else default_site(s) for s in sites]
+    server = SimulatorServer(configs, now=now, host=host, port=port, history_days=history_days)
+    return server.start()
