@@ -1,0 +1,21 @@
+with
+
+readings as (
+
+    select * from {{ ref('fct_cgm_reading') }}
+    where glucose_mg_dl is not null
+
+),
+
+final as (
+
+    select
+        site_id,
+        local_hour,
+        {{ agp_columns('glucose_mg_dl') }}
+    from readings
+    group by site_id, local_hour
+
+)
+
+select * from final
