@@ -1,0 +1,142 @@
+"""Command line: ``python -m flows demo|backfill|ingest-day|refs``.
+
+``demo`` is the README's first command: with no ``NIGHTSCOUT_URL`` it starts the bundled
+Nightscout simulator, then runs the pipeline on the embedded profile and says where the
+data is and how to look at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+
+__all__ = ["main"]
+
+
+@contextmanager
+def _source_or_simulator(days: int) -> Iterator[str]:
+    """Yield a description of the source; start the simulator when none is configured."""
+    if os.environ.get("NIGHTSCOUT_URL") or os.environ.get("NIGHTSCOUT_BLOCK"):
+        yield "Nightscout at " + os.environ.get("NIGHTSCOUT_URL", "block " + os.environ.get("NIGHTSCOUT_BLOCK", ""))
+        return
+    from tasks.simulator import SimulatorServer, SiteConfig
+
+    secret = "cascade-demo-secret"
+    site = SiteConfig(site_id="demo", seed=7, timezone="Europe/London", api_secret=secret)
+    with SimulatorServer([site], history_days=days + 5) as server:
+        os.environ["NIGHTSCOUT_URL"] = server.url_for("demo")
+        os.environ["NIGHTSCOUT_API_SECRET"] = secret
+        os.environ["NIGHTSCOUT_SITE_ID"] = "demo"
+        try:
+            yield f"the bundled Nightscout simulator at {server.url_for('demo')}"
+        finally:
+            for key in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID"):
+                os.environ.pop(key, None)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.pipeline import backfill
+    from tasks.settings import load_lakehouse_settings
+
+    end = datetime.now(UTC).date() - timedelta(days=1)
+    start = end - timedelta(days=args.days - 1)
+    with _source_or_simulator(args.days) as source:
+        print(f"Cascade demo: {args.days} days ({start}..{end}) from {source}")
+        result = backfill(start=start, end=end, chunk_days=args.chunk_days,
+                          max_concurrency=args.max_concurrency)
+    _print_where(result, load_lakehouse_settings().home)
+    return 0
+
+
+def _print_where(result: dict[str, object], home: object) -> None:
+    branch = result["branch"]
+    print()
+    print(f"Landed on branch {branch!r} of the embedded lakehouse at {home}")
+    tables = result.get("tables", {})
+    assert isinstance(tables, dict)
+    for name, counts in tables.items():
+        print(f"  raw.{name:<13} committed {counts['committed']:>8,}  duplicates "
+              f"{counts['duplicates']:>6,}  rejected {counts['rejected']:>5,}")
+    print()
+    print("Look at it:")
+    print(f"  python -m flows refs                          # branches and tags")
+    print(f"  python -m flows show raw.entries --ref {branch}")
+    print("  docs/ingestion.md: open the branch from PyIceberg or DuckDB")
+
+
+def _refs(args: argparse.Namespace) -> int:
+    from tasks.runtime import current_lakehouse
+
+    for ref in current_lakehouse().branches.list_refs():
+        print(f"{ref.kind:<7} {ref.name:<50} {ref.hash}  {ref.created_at}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tasks.lakehouse import read_table
+    from tasks.runtime import current_lakehouse
+
+    frame = read_table(current_lakehouse().branches.catalog(args.ref), args.table)
+    print(f"{args.table} on {args.ref}: {frame.height:,} rows")
+    print(frame.head(args.limit))
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from flows.pipeline import backfill
+
+    result = backfill(start=args.start, end=args.end, branch=args.branch,
+                      chunk_days=args.chunk_days, max_concurrency=args.max_concurrency)
+    print(result)
+    return 0
+
+
+def _ingest_day(args: argparse.Namespace) -> int:
+    from flows.ingest_day import ingest_day
+
+    print(ingest_day(day=args.day, branch=args.branch))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the pipeline on the embedded profile")
+    demo.add_argument("--days", type=int, default=365, help="days of history (default 365)")
+    demo.add_argument("--chunk-days", type=int, default=30)
+    demo.add_argument("--max-concurrency", type=int, default=2)
+    demo.set_defaults(run=_demo)
+    back = sub.add_parser("backfill", help="ingest a UTC day range onto a run branch")
+    back.add_argument("start", type=date.fromisoformat)
+    back.add_argument("end", type=date.fromisoformat)
+    back.add_argument("--branch")
+    back.add_argument("--chunk-days", type=int, default=30)
+    back.add_argument("--max-concurrency", type=int, default=2)
+    back.set_defaults(run=_backfill)
+    day = sub.add_parser("ingest-day", help="(re-)ingest one UTC day onto a branch")
+    day.add_argument("day", type=date.fromisoformat)
+    day.add_argument("--branch")
+    day.set_defaults(run=_ingest_day)
+    refs = sub.add_parser("refs", help="list branches and tags")
+    refs.set_defaults(run=_refs)
+    show = sub.add_parser("show", help="print a table at a ref")
+    show.add_argument("table")
+    show.add_argument("--ref", default="main")
+    show.add_argument("--limit", type=int, default=10)
+    show.set_defaults(run=_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line."""
+    args = _parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""ingest_day: one UTC day of one Nightscout site onto a branch."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from prefect import flow
+
+from tasks.branches import ensure_branch_task
+from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
+from tasks.runtime import current_run_id, require_source, run_branch_name
+from tasks.settings import load_lakehouse_settings
+
+
+@flow(name="ingest_day", flow_run_name="ingest {day} branch={branch}")
+def ingest_day(
+    day: date,
+    branch: str | None = None,
+    site_block: str | None = None,
+    max_reject_ratio: float = 0.05,
+) -> dict[str, object]:
+    """Ingest UTC ``day`` of one site onto ``branch`` (created from main if missing).
+
+    Args:
+        day: the UTC day to (re-)ingest; re-ingesting replaces that day, never duplicates.
+        branch: target branch; default a new ``run-ingest-…`` branch.
+        site_block: a ``nightscout-site`` block name; default from the environment.
+        max_reject_ratio: fail when more than this share of a day's rows break a contract.
+    """
+    source = require_source(block_name=site_block)
+    run_id = current_run_id()
+    branch = ensure_branch_task(branch or run_branch_name("ingest", run_id))
+    override = load_lakehouse_settings().timezone_override
+    timezone = ingest_profile_task(source, branch, run_id, override)
+    start = utc_midnight(day)
+    report = ingest_window_task(source, branch, start, start + timedelta(days=1), timezone,
+                                run_id, max_reject_ratio)
+    return {"branch": branch, "run_id": run_id, "site_id": source.site_id,
+            "timezone": timezone, "committed": report.committed,
+            "tables": {k: vars(v) for k, v in report.tables.items()}}

@@ -1,0 +1,279 @@
+"""Ingest one window of one Nightscout site onto a branch: fetch → shape → check → commit.
+
+Everything for the window is fetched, shaped and checked before anything is committed.
+When a day's reject ratio is over the limit, only the audit trail (rejects and the
+ingest log) is written, so the rows can be inspected, and ``ContractError`` is raised.
+The raw rows are committed per table, then the audit rows; the ingest log is written
+last, so a window whose log is missing or disagrees with raw never passes validation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
+
+import polars as pl
+from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import And, In
+
+from tasks.contracts import check, enforce_reject_ratio
+from tasks.errors import ContractError
+from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, TableLayout, replace_rows, site_window
+from tasks.nightscout import NightscoutClient
+from tasks.schemas import RAW_TABLES, RawTable
+from tasks.shaping import ShapeContext, profile_timezone, shape
+
+__all__ = [
+    "WINDOW_TABLES",
+    "TableCounts",
+    "WindowReport",
+    "ingest_profiles",
+    "ingest_window",
+    "raw_layout",
+    "resolve_timezone",
+]
+
+logger = logging.getLogger("cascade.ingest")
+
+WINDOW_TABLES: Final = ("entries", "treatments", "devicestatus")
+
+
+@dataclass(frozen=True)
+class TableCounts:
+    """What happened to one table's records in a window."""
+
+    fetched: int
+    duplicates: int
+    rejected: int
+    committed: int
+
+
+@dataclass
+class WindowReport:
+    """What one window's ingestion did, per table."""
+
+    site_id: str
+    start: datetime
+    end: datetime
+    run_id: str
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+
+    @property
+    def committed(self) -> int:
+        return sum(c.committed for c in self.tables.values())
+
+    def line(self) -> str:
+        """One log line: ``2024-03-01..2024-03-02 site=a entries: fetched 288, ...``."""
+        parts = [
+            f"{name}: fetched {c.fetched}, duplicates {c.duplicates}, rejected {c.rejected}, "
+            f"committed {c.committed}"
+            for name, c in self.tables.items()
+        ]
+        return f"{self.start.date()}..{self.end.date()} site={self.site_id} " + "; ".join(parts)
+
+
+def raw_layout(table: RawTable) -> TableLayout:
+    """The lakehouse layout of a raw table (profile is replaced per site, not per window)."""
+    if table.name == "profile":
+        return TableLayout(table.identifier, table.polars_schema, table.time_column, "")
+    return TableLayout(table.identifier, table.polars_schema, table.time_column,
+                       table.time_column)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    table: RawTable
+    rows: pl.DataFrame
+    duplicates: pl.DataFrame
+    rejects: pl.DataFrame
+    log: pl.DataFrame
+
+
+def ingest_window(
+    client: NightscoutClient,
+    catalog: Catalog,
+    ctx: ShapeContext,
+    max_reject_ratio: float = 0.05,
+    tables: tuple[str, ...] = WINDOW_TABLES,
+) -> WindowReport:
+    """Ingest ``[ctx.window_start, ctx.window_end)`` of every table in ``tables``.
+
+    Raises:
+        NightscoutError: the source failed; nothing was written for this window.
+        ContractError: a day's reject ratio exceeded ``max_reject_ratio``; only the
+            audit trail was written.
+    """
+    prepared = [_prepare(RAW_TABLES[name], client, ctx) for name in tables]
+    breaches = _breaches(prepared, max_reject_ratio)
+    if breaches:
+        _commit_audit(catalog, prepared, ctx)
+        raise ContractError(" | ".join(breaches))
+    report = WindowReport(ctx.site_id, ctx.window_start, ctx.window_end, ctx.run_id)
+    for p in prepared:
+        layout = raw_layout(p.table)
+        replace_rows(catalog, layout, p.rows,
+                     site_window(layout, ctx.site_id, ctx.window_start, ctx.window_end))
+        report.tables[p.table.name] = TableCounts(
+            fetched=p.rows.height + p.duplicates.height + p.rejects.height,
+            duplicates=p.duplicates.height, rejected=p.rejects.height, committed=p.rows.height,
+        )
+    _commit_audit(catalog, prepared, ctx)
+    return report
+
+
+def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _Prepared:
+    docs = client.fetch_window(table.endpoint, ctx.window_start, ctx.window_end)
+    shaped = shape(table.name, docs, ctx)
+    checked = check(table.name, shaped.rows, ctx, table.id_column, table.time_column)
+    rejects = pl.concat([shaped.rejects, checked.rejects])
+    log = _daily_log(table, checked.valid, shaped.duplicates, rejects, ctx)
+    return _Prepared(table, checked.valid, shaped.duplicates, rejects, log)
+
+
+def _days(ctx: ShapeContext) -> pl.DataFrame:
+    first, last = ctx.window_start.date(), (ctx.window_end - timedelta(microseconds=1)).date()
+    return pl.DataFrame({"window_date": pl.date_range(first, last, "1d", eager=True)})
+
+
+def _per_day(frame: pl.DataFrame, time_column: str, ctx: ShapeContext, name: str) -> pl.DataFrame:
+    day = pl.col(time_column).dt.date().fill_null(ctx.window_start.date())
+    if frame.height == 0:
+        return pl.DataFrame(schema={"window_date": pl.Date(), name: pl.UInt32()})
+    in_window = day.clip(ctx.window_start.date(),
+                         (ctx.window_end - timedelta(microseconds=1)).date())
+    return frame.group_by(in_window.alias("window_date")).agg(pl.len().alias(name))
+
+
+def _daily_log(table: RawTable, valid: pl.DataFrame, dupes: pl.DataFrame,
+               rejects: pl.DataFrame, ctx: ShapeContext) -> pl.DataFrame:
+    """One ingest-log row per UTC day of the window, so any chunking reconciles."""
+    counts = _days(ctx)
+    for frame, col, name in ((valid, table.time_column, "n_committed"),
+                             (dupes, "event_at", "n_duplicates"),
+                             (rejects, "event_at", "n_rejected")):
+        counts = counts.join(_per_day(frame, col, ctx, name), on="window_date", how="left")
+    counts = counts.with_columns(pl.col("n_committed", "n_duplicates", "n_rejected")
+                                 .fill_null(0).cast(pl.Int64))
+    return counts.select(
+        pl.lit(table.name).alias("table_name"),
+        pl.lit(ctx.site_id).alias("site_id"),
+        pl.col("window_date"),
+        (pl.col("n_committed") + pl.col("n_duplicates") + pl.col("n_rejected")).alias("n_fetched"),
+        pl.col("n_duplicates"), pl.col("n_rejected"), pl.col("n_committed"),
+        pl.lit(ctx.run_id).alias("ingest_run_id"),
+        pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+    ).cast(dict(INGEST_LOG_SCHEMA))
+
+
+def _breaches(prepared: list[_Prepared], max_ratio: float) -> list[str]:
+    out = []
+    for p in prepared:
+        for row in p.log.iter_rows(named=True):  # one row per day: a handful per window
+            try:
+                enforce_reject_ratio(f"raw.{p.table.name}", str(row["window_date"]),
+                                     row["n_fetched"], row["n_rejected"], max_ratio)
+            except ContractError as exc:
+                out.append(str(exc))
+    return out
+
+
+def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext) -> None:
+    """Replace the window's audit rows (rejects, duplicates, then the log) for these tables."""
+    start = ctx.window_start.date()
+    end = (ctx.window_end - timedelta(microseconds=1)).date() + timedelta(days=1)
+    names = [p.table.name for p in prepared]
+    for key, attr in (("rejects", "rejects"), ("duplicates", "duplicates"),
+                      ("ingest_log", "log")):
+        layout = AUDIT_TABLES[key]
+        rows = pl.concat([getattr(p, attr) for p in prepared])
+        where = And(site_window(layout, ctx.site_id, start, end), In("table_name", names))
+        replace_rows(catalog, layout, rows, where)
+
+
+def ingest_profiles(client: NightscoutClient, catalog: Catalog, ctx: ShapeContext) -> pl.DataFrame:
+    """Replace the site's profile documents (a site keeps a handful) and return them."""
+    table = RAW_TABLES["profile"]
+    shaped = shape(table.name, client.fetch_profiles(), ctx)
+    checked = check(table.name, shaped.rows, ctx, table.id_column, table.time_column)
+    layout = raw_layout(table)
+    replace_rows(catalog, layout, checked.valid, site_window(layout, ctx.site_id))
+    audit = AUDIT_TABLES["rejects"]
+    rejects = pl.concat([shaped.rejects, checked.rejects])
+    replace_rows(catalog, audit, rejects, site_window(audit, ctx.site_id, table_name="profile"))
+    return checked.valid
+
+
+def resolve_timezone(override: str | None, profiles: pl.DataFrame) -> str:
+    """The site's timezone: the override, else the latest profile's, else UTC (logged)."""
+    if override:
+        return override
+    found = profile_timezone(profiles)
+    if found:
+        return found
+    logger.warning("no timezone in the site's profile and CASCADE_TIMEZONE unset: using UTC")
+    return "UTC"
+
+
+def utc_midnight(day: date) -> datetime:
+    """00:00 UTC of ``day``."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------- Prefect wrappers
+
+from prefect import get_run_logger, task  # noqa: E402
+
+from tasks.settings import NightscoutSettings  # noqa: E402
+
+
+def _context(source: NightscoutSettings, timezone: str, start: datetime, end: datetime,
+             run_id: str) -> ShapeContext:
+    return ShapeContext(source.site_id, timezone, start, end, run_id, datetime.now(UTC))
+
+
+@task(name="ingest-profile", retries=2, retry_delay_seconds=[2, 10],
+      task_run_name="profile site={source.site_id}")
+def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
+                        timezone_override: str | None = None) -> str:
+    """Replace the site's profiles on ``branch``; return the site's timezone."""
+    from tasks.runtime import current_lakehouse
+
+    catalog = current_lakehouse().branches.catalog(branch)
+    now = datetime.now(UTC)
+    with NightscoutClient(source) as client:
+        profiles = ingest_profiles(client, catalog, _context(source, "UTC", now, now, run_id))
+    timezone = resolve_timezone(timezone_override or source.timezone, profiles)
+    get_run_logger().info("site=%s: %d profile(s), timezone %s", source.site_id,
+                          profiles.height, timezone)
+    return timezone
+
+
+@task(name="ingest-window", retries=2, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=lambda task, run, state: _retryable(state),
+      task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}")
+def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime, end: datetime,
+                       timezone: str, run_id: str, max_reject_ratio: float = 0.05) -> WindowReport:
+    """Fetch, shape, check and commit one window of one site onto ``branch``."""
+    from tasks.runtime import current_lakehouse
+
+    catalog = current_lakehouse().branches.catalog(branch)
+    with NightscoutClient(source) as client:
+        report = ingest_window(client, catalog, _context(source, timezone, start, end, run_id),
+                               max_reject_ratio)
+    get_run_logger().info("%s → %s", report.line(), branch)
+    return report
+
+
+def _retryable(state: object) -> bool:
+    """Retry only what a retry can fix: the source being unavailable, commit races."""
+    from tasks.errors import NightscoutUnavailable
+
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except NightscoutUnavailable:
+        return True
+    except Exception:
+        return False
+    return False

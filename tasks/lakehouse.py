@@ -1,0 +1,238 @@
+"""Iceberg tables on a branch: create with partitioning, evolve additively, replace windows.
+
+Writes are idempotent per partition window: ``replace_window`` overwrites exactly the rows
+of one site inside ``[start, end)`` (whole day partitions, so Iceberg drops files rather
+than rewriting them) and appends the new rows, in one snapshot. Re-ingesting a day replaces
+that day; it never duplicates it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Final, Protocol
+
+import polars as pl
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    LessThan,
+)
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform, IdentityTransform
+
+from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
+from tasks.settings import LakehouseSettings, load_lakehouse_settings
+from tasks.shaping import DUPLICATES_SCHEMA, REJECTS_SCHEMA
+
+__all__ = [
+    "AUDIT_TABLES",
+    "INGEST_LOG_SCHEMA",
+    "Lakehouse",
+    "TableLayout",
+    "embedded_lakehouse",
+    "read_table",
+    "replace_rows",
+    "site_window",
+]
+
+logger = logging.getLogger("cascade.lakehouse")
+
+_COMMIT_ATTEMPTS: Final = 12
+_TABLE_PROPERTIES: Final = {
+    # PyIceberg 0.12's own commit retry rebuilds manifests of a partitioned overwrite
+    # wrongly (IndexError in the avro writer under concurrent writers): we retry ourselves,
+    # re-planning the overwrite against the refreshed table.
+    "commit.retry.num-retries": "0",
+    "write.parquet.compression-codec": "zstd",
+}
+
+INGEST_LOG_SCHEMA: Final = pl.Schema(
+    {
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "window_date": pl.Date(),
+        "n_fetched": pl.Int64(),
+        "n_duplicates": pl.Int64(),
+        "n_rejected": pl.Int64(),
+        "n_committed": pl.Int64(),
+        "ingest_run_id": pl.String(),
+        "ingested_at": pl.Datetime("us", "UTC"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Where a table lives and how it is partitioned and replaced."""
+
+    identifier: str
+    schema: pl.Schema
+    partition_time: str | None  # day(partition_time), after identity(site_id)
+    window_column: str  # column the replace filter bounds: a timestamp or a date
+
+
+AUDIT_TABLES: Final[dict[str, TableLayout]] = {
+    "rejects": TableLayout("audit.rejects", REJECTS_SCHEMA, None, "window_date"),
+    "duplicates": TableLayout("audit.duplicates", DUPLICATES_SCHEMA, None, "window_date"),
+    "ingest_log": TableLayout("audit.ingest_log", INGEST_LOG_SCHEMA, None, "window_date"),
+}
+
+
+class Lakehouse(Protocol):
+    """What the flows need from a lakehouse profile: branches and catalogs at refs."""
+
+    @property
+    def branches(self) -> BranchCatalog: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class EmbeddedLakehouse:
+    """The embedded profile: SQLite catalog with branches, warehouse on local disk."""
+
+    settings: LakehouseSettings
+    branches: EmbeddedBranchCatalog
+
+    def describe(self) -> str:
+        return f"embedded lakehouse at {self.settings.home}"
+
+
+@lru_cache(maxsize=8)
+def _embedded(home: str) -> EmbeddedLakehouse:
+    settings = load_lakehouse_settings(home)
+    return EmbeddedLakehouse(settings, EmbeddedBranchCatalog(settings.catalog_path,
+                                                             settings.warehouse))
+
+
+def embedded_lakehouse(settings: LakehouseSettings | None = None) -> EmbeddedLakehouse:
+    """The embedded lakehouse under ``settings.home`` (one instance per process and home)."""
+    settings = settings or load_lakehouse_settings()
+    return _embedded(str(settings.home))
+
+
+def _arrow_schema(schema: pl.Schema) -> pa.Schema:
+    return pl.DataFrame(schema=schema).to_arrow().schema
+
+
+def ensure_table(catalog: Catalog, layout: TableLayout) -> Table:
+    """Load the table, creating it (with partitioning) or adding new columns as needed."""
+    namespace = layout.identifier.rsplit(".", 1)[0]
+    try:
+        table = catalog.load_table(layout.identifier)
+    except NoSuchTableError:
+        try:
+            catalog.create_namespace(namespace)
+        except NamespaceAlreadyExistsError:
+            pass
+        try:
+            table = catalog.create_table(
+                layout.identifier, schema=_arrow_schema(layout.schema),
+                properties=_TABLE_PROPERTIES,
+            )
+            _partition(table, layout)
+        except TableAlreadyExistsError:  # a concurrent writer created it first
+            pass
+        table = catalog.load_table(layout.identifier)
+    _evolve(table, layout.schema)
+    return table
+
+
+def _partition(table: Table, layout: TableLayout) -> None:
+    with table.update_spec() as spec:
+        spec.add_field("site_id", IdentityTransform(), "site_id")
+        if layout.partition_time is not None:
+            spec.add_field(layout.partition_time, DayTransform(), f"{layout.partition_time}_day")
+
+
+def _evolve(table: Table, schema: pl.Schema) -> None:
+    """Add columns the table lacks (additive evolution only; nothing is dropped)."""
+    known = {f.name for f in table.schema().fields}
+    if set(schema.names()) - known:
+        with table.update_schema() as update:
+            update.union_by_name(_arrow_schema(schema))
+
+
+def site_window(layout: TableLayout, site_id: str, start: datetime | date | None = None,
+                end: datetime | date | None = None, **equals: str) -> BooleanExpression:
+    """Rows of one site (and ``column=value`` pairs) with ``window_column`` in ``[start, end)``.
+
+    Without ``start``/``end`` (or for a layout with no window column): all the site's rows.
+    """
+    where: BooleanExpression = EqualTo("site_id", site_id)
+    for column, value in equals.items():
+        where = And(where, EqualTo(column, value))
+    if start is None or end is None or not layout.window_column:
+        return where
+    bounds = And(GreaterThanOrEqual(layout.window_column, start.isoformat()),
+                 LessThan(layout.window_column, end.isoformat()))
+    return And(where, bounds)
+
+
+def replace_rows(
+    catalog: Catalog, layout: TableLayout, rows: pl.DataFrame, where: BooleanExpression
+) -> int | None:
+    """Replace the rows matching ``where`` with ``rows``, in one snapshot.
+
+    Concurrent writers are safe: a commit conflict reloads the table and retries with
+    backoff (on top of PyIceberg's own retries).
+
+    Returns the snapshot id written (None when there was nothing to change).
+    """
+    data = rows.select(layout.schema.names()).cast(dict(layout.schema)).to_arrow()
+    with _commit_lock(catalog, layout.identifier):
+        return _overwrite_with_retry(catalog, layout, data, where)
+
+
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _commit_lock(catalog: Catalog, identifier: str) -> threading.Lock:
+    """One lock per (catalog, table) in this process: threads take turns to commit, so
+    in-process writers never race; writers in other processes are handled by retrying."""
+    key = (f"{catalog.name}@{catalog.properties.get('uri', '')}", identifier)
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def _overwrite_with_retry(catalog: Catalog, layout: TableLayout, data: pa.Table,
+                          where: BooleanExpression) -> int | None:
+    table = ensure_table(catalog, layout)
+    for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+        try:
+            if table.current_snapshot() is None and data.num_rows == 0:
+                return None
+            with warnings.catch_warnings():  # "did not match any records" on a new window
+                warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                table.overwrite(data, overwrite_filter=where)
+            snapshot = table.current_snapshot()
+            return snapshot.snapshot_id if snapshot else None
+        except CommitFailedException:
+            if attempt == _COMMIT_ATTEMPTS:
+                raise
+            logger.info("commit conflict on %s, retry %d", layout.identifier, attempt)
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
+            table = catalog.load_table(layout.identifier)
+    return None
+
+
+def read_table(catalog: Catalog, identifier: str,
+               row_filter: BooleanExpression | None = None) -> pl.DataFrame:
+    """A table (or the rows matching ``row_filter``) as a Polars frame."""
+    table = catalog.load_table(identifier)
+    arrow = table.scan(row_filter=row_filter or AlwaysTrue()).to_arrow()
+    return pl.from_arrow(arrow)  # type: ignore[return-value]

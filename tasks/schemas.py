@@ -1,0 +1,156 @@
+"""Raw table layouts: one declaration per table, read by shaping, contracts and the lakehouse.
+
+Every raw table carries the same lineage columns (``site_id``, ``ingest_run_id``,
+``ingested_at``), a UTC event time used for partitioning (``<event>_at``), the site-local
+wall-clock time and date, and ``extra``: a JSON object holding every field Nightscout sent
+that the table does not model, so nothing an uploader adds is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+__all__ = ["RAW_NAMESPACE", "RAW_TABLES", "RawTable", "raw_table"]
+
+RAW_NAMESPACE = "raw"
+
+_UTC = pl.Datetime("us", "UTC")
+_LOCAL = pl.Datetime("us")
+
+_LINEAGE: dict[str, pl.DataType] = {
+    "site_id": pl.String(),
+    "ingest_run_id": pl.String(),
+    "ingested_at": _UTC,
+}
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """Layout of one raw table: its columns in order, key, and partition time column."""
+
+    name: str
+    endpoint: str
+    id_column: str
+    time_column: str
+    columns: dict[str, pl.DataType]
+
+    @property
+    def identifier(self) -> str:
+        return f"{RAW_NAMESPACE}.{self.name}"
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema(self.columns)
+
+
+ENTRIES = RawTable(
+    name="entries",
+    endpoint="entries",
+    id_column="entry_id",
+    time_column="entry_at",
+    columns={
+        "entry_id": pl.String(),
+        "entry_type": pl.String(),
+        "entry_at": _UTC,
+        "entry_epoch_ms": pl.Int64(),
+        "local_at": _LOCAL,
+        "local_date": pl.Date(),
+        "date_string": pl.String(),
+        "utc_offset_min": pl.Int32(),
+        "device": pl.String(),
+        "sgv_mg_dl": pl.Int32(),
+        "mbg_mg_dl": pl.Int32(),
+        "direction": pl.String(),
+        "noise": pl.Int32(),
+        "filtered": pl.Float64(),
+        "unfiltered": pl.Float64(),
+        "rssi": pl.Int32(),
+        "slope": pl.Float64(),
+        "intercept": pl.Float64(),
+        "scale": pl.Float64(),
+        "is_error_code": pl.Boolean(),
+        "is_low": pl.Boolean(),
+        "extra": pl.String(),
+        **_LINEAGE,
+    },
+)
+
+TREATMENTS = RawTable(
+    name="treatments",
+    endpoint="treatments",
+    id_column="treatment_id",
+    time_column="treatment_at",
+    columns={
+        "treatment_id": pl.String(),
+        "event_type": pl.String(),
+        "treatment_at": _UTC,
+        "local_at": _LOCAL,
+        "local_date": pl.Date(),
+        "created_at_raw": pl.String(),
+        "insulin_u": pl.Float64(),
+        "carbs_g": pl.Float64(),
+        "duration_min": pl.Float64(),
+        "rate_u_per_h": pl.Float64(),
+        "absolute_u_per_h": pl.Float64(),
+        "glucose": pl.Float64(),
+        "glucose_type": pl.String(),
+        "units": pl.String(),
+        "entered_by": pl.String(),
+        "notes": pl.String(),
+        "extra": pl.String(),
+        **_LINEAGE,
+    },
+)
+
+DEVICESTATUS = RawTable(
+    name="devicestatus",
+    endpoint="devicestatus",
+    id_column="devicestatus_id",
+    time_column="status_at",
+    columns={
+        "devicestatus_id": pl.String(),
+        "device": pl.String(),
+        "status_at": _UTC,
+        "local_at": _LOCAL,
+        "local_date": pl.Date(),
+        "created_at_raw": pl.String(),
+        "uploader_battery_pct": pl.Float64(),
+        "pump_reservoir_u": pl.Float64(),
+        "iob_u": pl.Float64(),
+        "cob_g": pl.Float64(),
+        "payload": pl.String(),
+        "extra": pl.String(),
+        **_LINEAGE,
+    },
+)
+
+PROFILE = RawTable(
+    name="profile",
+    endpoint="profile",
+    id_column="profile_id",
+    time_column="valid_from_at",
+    columns={
+        "profile_id": pl.String(),
+        "valid_from_at": _UTC,
+        "created_at_raw": pl.String(),
+        "default_profile": pl.String(),
+        "timezone": pl.String(),
+        "units": pl.String(),
+        "dia_h": pl.Float64(),
+        "store": pl.String(),
+        "extra": pl.String(),
+        **_LINEAGE,
+    },
+)
+
+RAW_TABLES: dict[str, RawTable] = {t.name: t for t in (ENTRIES, TREATMENTS, DEVICESTATUS, PROFILE)}
+
+
+def raw_table(name: str) -> RawTable:
+    """Return the layout of raw table ``name`` (``entries``, ``treatments``, ...)."""
+    try:
+        return RAW_TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown raw table {name!r}; expected one of {sorted(RAW_TABLES)}") from None

@@ -1,0 +1,502 @@
+"""Shape raw Nightscout documents into typed raw-table frames, with Polars expressions only.
+
+``shape(table, docs, context)`` turns the frame the client parsed (whatever columns the
+uploaders sent) into the table's declared columns, plus two side outputs so nothing is
+dropped silently: the duplicates removed (``audit.duplicates``) and the rows that cannot
+be placed at all (no usable time, or a time outside the requested window) as rejects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import polars as pl
+
+from tasks.schemas import RawTable, raw_table
+
+__all__ = [
+    "DUPLICATES_SCHEMA",
+    "REJECTS_SCHEMA",
+    "ShapeContext",
+    "Shaped",
+    "empty_like",
+    "profile_timezone",
+    "shape",
+]
+
+_UTC = pl.Datetime("us", "UTC")
+_ROW: Final = "__row"
+
+REJECTS_SCHEMA: Final = pl.Schema(
+    {
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "record_id": pl.String(),
+        "event_at": _UTC,
+        "reason": pl.String(),
+        "payload": pl.String(),
+        "window_date": pl.Date(),
+        "ingest_run_id": pl.String(),
+        "ingested_at": _UTC,
+    }
+)
+DUPLICATES_SCHEMA: Final = pl.Schema(
+    {
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "record_id": pl.String(),
+        "duplicate_of": pl.String(),
+        "event_at": _UTC,
+        "reason": pl.String(),
+        "payload": pl.String(),
+        "window_date": pl.Date(),
+        "ingest_run_id": pl.String(),
+        "ingested_at": _UTC,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ShapeContext:
+    """What a batch of documents is shaped for: site, timezone, window and run."""
+
+    site_id: str
+    timezone: str
+    window_start: datetime
+    window_end: datetime
+    run_id: str
+    ingested_at: datetime
+
+    @property
+    def window_date(self) -> pl.Expr:
+        return pl.lit(self.window_start.date(), pl.Date)
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """A shaped batch: rows for the raw table, plus what was set aside and why."""
+
+    rows: pl.DataFrame
+    duplicates: pl.DataFrame
+    rejects: pl.DataFrame
+
+
+def empty_like(schema: pl.Schema) -> pl.DataFrame:
+    """An empty frame with ``schema``."""
+    return pl.DataFrame(schema=schema)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _col(docs: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    """Column ``name`` cast leniently to ``dtype``; null when the uploader never sent it."""
+    if name not in docs.columns:
+        return pl.lit(None, dtype)
+    source = docs.schema[name]
+    if isinstance(source, (pl.Struct, pl.List)) and dtype == pl.String():
+        return pl.col(name).struct.json_encode() if isinstance(source, pl.Struct) else (
+            pl.col(name).cast(pl.String, strict=False)
+        )
+    if dtype.is_integer() and source == pl.String():
+        return pl.col(name).cast(pl.Float64, strict=False).round(0).cast(dtype, strict=False)
+    if dtype.is_integer() and source.is_float():
+        return pl.col(name).round(0).cast(dtype, strict=False)
+    return pl.col(name).cast(dtype, strict=False)
+
+
+def _nested(
+    docs: pl.DataFrame, path: tuple[str, ...], dtype: pl.DataType = pl.Float64()
+) -> pl.Expr:
+    """A nested value such as ``pump.reservoir``, cast to ``dtype`` (null if absent)."""
+    head, *rest = path
+    if head not in docs.columns:
+        return pl.lit(None, dtype)
+    expr, source = pl.col(head), docs.schema[head]
+    for i, name in enumerate(rest):
+        if isinstance(source, pl.Struct):
+            fields = {f.name: f.dtype for f in source.fields}
+            if name not in fields:
+                return pl.lit(None, dtype)
+            expr, source = expr.struct.field(name), fields[name]
+        elif source == pl.String():
+            json_path = "$." + ".".join(rest[i:])
+            return expr.str.json_path_match(json_path).cast(dtype, strict=False)
+        else:
+            return pl.lit(None, dtype)
+    if source.is_numeric() or source == pl.String():
+        return expr.cast(dtype, strict=False)
+    return pl.lit(None, dtype)
+
+
+def _iso_to_utc(docs: pl.DataFrame, name: str) -> pl.Expr:
+    if name not in docs.columns:
+        return pl.lit(None, _UTC)
+    return _utc_text(pl.col(name).cast(pl.String, strict=False))
+
+
+def _utc_text(text: pl.Expr) -> pl.Expr:
+    """ISO-8601 text with any offset (or ``Z``) as a UTC timestamp; null if unparsable."""
+    return text.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+
+
+def _epoch_to_utc(docs: pl.DataFrame, name: str) -> pl.Expr:
+    if name not in docs.columns:
+        return pl.lit(None, _UTC)
+    millis = pl.col(name).cast(pl.Float64, strict=False)
+    # epoch ms between 2000 and 2100; anything else is not a plausible Nightscout time
+    plausible = (millis > 946_684_800_000) & (millis < 4_102_444_800_000)
+    return (
+        pl.when(plausible)
+        .then(pl.from_epoch((millis * 1000).cast(pl.Int64, strict=False), time_unit="us"))
+        .otherwise(None)
+        .dt.replace_time_zone("UTC")
+    )
+
+
+def _offset_minutes(docs: pl.DataFrame, name: str) -> pl.Expr:
+    """UTC offset in minutes from an ISO string's suffix (``Z`` → 0), else null."""
+    if name not in docs.columns:
+        return pl.lit(None, pl.Int32)
+    text = pl.col(name).cast(pl.String, strict=False)
+    parts = text.str.extract_groups(r"([+-])(\d\d):?(\d\d)$")
+    sign = pl.when(parts.struct.field("1") == "-").then(-1).otherwise(1)
+    minutes = parts.struct.field("2").cast(pl.Int32) * 60 + parts.struct.field("3").cast(pl.Int32)
+    return (
+        pl.when(text.str.ends_with("Z")).then(0).otherwise(sign * minutes).cast(pl.Int32)
+    )
+
+
+def _first_present(docs: pl.DataFrame, primary: pl.Expr, name: str, fallback: pl.Expr) -> pl.Expr:
+    """``primary``, falling back to ``fallback`` only if some rows lack field ``name``.
+
+    Skips computing the (costly, string-parsing) fallback for batches that never need it.
+    """
+    if name in docs.columns and docs.get_column(name).null_count() == 0:
+        return primary
+    return pl.coalesce(primary, fallback)
+
+
+def _local(time_column: str, timezone: str) -> list[pl.Expr]:
+    local = pl.col(time_column).dt.convert_time_zone(timezone).dt.replace_time_zone(None)
+    return [local.alias("local_at"), local.dt.date().alias("local_date")]
+
+
+def _extra(docs: pl.DataFrame, modelled: frozenset[str]) -> pl.Expr:
+    """Every field the table does not model, as a JSON object string (nulls left out)."""
+    rest = [c for c in docs.columns if c not in modelled and c != _ROW]
+    if not rest:
+        return pl.lit("{}")
+    encoded = pl.struct(rest).struct.json_encode()
+    return encoded.str.replace_all(r'"[^"]*":null,?', "").str.replace(r",}$", "}")
+
+
+def _payload(docs: pl.DataFrame) -> pl.Expr:
+    cols = [c for c in docs.columns if c != _ROW]
+    return pl.struct(cols).struct.json_encode() if cols else pl.lit("{}")
+
+
+def _record_id(docs: pl.DataFrame, synthetic: list[str]) -> pl.Expr:
+    """Nightscout's ``_id``; else a readable id from the fields that identify the record."""
+    parts = [_col(docs, c, pl.String()).fill_null("") for c in synthetic]
+    made = pl.concat_str([pl.lit("syn"), *parts], separator="|")
+    return pl.coalesce(_col(docs, "_id", pl.String()), made)
+
+
+# --------------------------------------------------------------------------- per table
+
+
+_ENTRY_FIELDS: Final = frozenset(
+    {"_id", "type", "date", "dateString", "utcOffset", "device", "sgv", "mbg", "direction",
+     "noise", "filtered", "unfiltered", "rssi", "slope", "intercept", "scale"}
+)
+
+
+def _entries(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
+    sgv = _col(docs, "sgv", pl.Int32())
+    entry_type = _col(docs, "type", pl.String()).fill_null("sgv")
+    is_sgv = entry_type == "sgv"
+    return [
+        _record_id(docs, ["device", "date", "type"]).alias("entry_id"),
+        entry_type.alias("entry_type"),
+        _first_present(docs, _epoch_to_utc(docs, "date"), "date", _iso_to_utc(docs, "dateString"))
+        .alias("entry_at"),
+        _col(docs, "date", pl.Float64()).cast(pl.Int64, strict=False).alias("entry_epoch_ms"),
+        _col(docs, "dateString", pl.String()).alias("date_string"),
+        _first_present(
+            docs, _col(docs, "utcOffset", pl.Int32()), "utcOffset",
+            _offset_minutes(docs, "dateString"),
+        ).alias("utc_offset_min"),
+        _col(docs, "device", pl.String()).alias("device"),
+        pl.when(is_sgv).then(sgv).otherwise(None).alias("sgv_mg_dl"),
+        _col(docs, "mbg", pl.Int32()).alias("mbg_mg_dl"),
+        _col(docs, "direction", pl.String()).alias("direction"),
+        _col(docs, "noise", pl.Int32()).alias("noise"),
+        _col(docs, "filtered", pl.Float64()).alias("filtered"),
+        _col(docs, "unfiltered", pl.Float64()).alias("unfiltered"),
+        _col(docs, "rssi", pl.Int32()).alias("rssi"),
+        _col(docs, "slope", pl.Float64()).alias("slope"),
+        _col(docs, "intercept", pl.Float64()).alias("intercept"),
+        _col(docs, "scale", pl.Float64()).alias("scale"),
+        (is_sgv & sgv.is_between(1, 38)).fill_null(False).alias("is_error_code"),
+        (is_sgv & (sgv == 39)).fill_null(False).alias("is_low"),
+        _extra(docs, _ENTRY_FIELDS).alias("extra"),
+    ]
+
+
+_TREATMENT_FIELDS: Final = frozenset(
+    {"_id", "eventType", "created_at", "insulin", "carbs", "duration", "rate", "absolute",
+     "glucose", "glucoseType", "units", "enteredBy", "notes"}
+)
+
+
+def _treatments(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
+    at = pl.coalesce(
+        _iso_to_utc(docs, "created_at"), _epoch_to_utc(docs, "date"), _iso_to_utc(docs, "timestamp")
+    )
+    return [
+        _record_id(docs, ["eventType", "created_at", "enteredBy"]).alias("treatment_id"),
+        _col(docs, "eventType", pl.String()).fill_null("<none>").alias("event_type"),
+        at.alias("treatment_at"),
+        _col(docs, "created_at", pl.String()).alias("created_at_raw"),
+        _col(docs, "insulin", pl.Float64()).alias("insulin_u"),
+        _col(docs, "carbs", pl.Float64()).alias("carbs_g"),
+        _col(docs, "duration", pl.Float64()).alias("duration_min"),
+        _col(docs, "rate", pl.Float64()).alias("rate_u_per_h"),
+        _col(docs, "absolute", pl.Float64()).alias("absolute_u_per_h"),
+        _col(docs, "glucose", pl.Float64()).alias("glucose"),
+        _col(docs, "glucoseType", pl.String()).alias("glucose_type"),
+        _col(docs, "units", pl.String()).alias("units"),
+        _col(docs, "enteredBy", pl.String()).alias("entered_by"),
+        _col(docs, "notes", pl.String()).alias("notes"),
+        _extra(docs, _TREATMENT_FIELDS).alias("extra"),
+    ]
+
+
+_STATUS_PAYLOAD: Final = ("pump", "openaps", "loop", "uploader", "pumpStatus", "xdripjs")
+_STATUS_FIELDS: Final = frozenset({"_id", "device", "created_at", *_STATUS_PAYLOAD})
+
+
+def _devicestatus(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
+    blobs = [c for c in _STATUS_PAYLOAD if c in docs.columns]
+    payload = pl.struct(blobs).struct.json_encode() if blobs else pl.lit("{}")
+    return [
+        _record_id(docs, ["device", "created_at", "date", "mills"]).alias("devicestatus_id"),
+        _col(docs, "device", pl.String()).alias("device"),
+        pl.coalesce(
+            _iso_to_utc(docs, "created_at"),
+            _epoch_to_utc(docs, "date"),
+            _epoch_to_utc(docs, "mills"),
+            _utc_text(_nested(docs, ("openaps", "iob", "timestamp"), pl.String())),
+            _utc_text(_nested(docs, ("pump", "clock"), pl.String())),
+        ).alias("status_at"),
+        _col(docs, "created_at", pl.String()).alias("created_at_raw"),
+        pl.coalesce(_nested(docs, ("uploader", "battery")), _nested(docs, ("uploaderBattery",)))
+        .alias("uploader_battery_pct"),
+        _nested(docs, ("pump", "reservoir")).alias("pump_reservoir_u"),
+        pl.coalesce(_nested(docs, ("openaps", "iob", "iob")), _nested(docs, ("loop", "iob", "iob")))
+        .alias("iob_u"),
+        pl.coalesce(
+            _nested(docs, ("openaps", "suggested", "COB")), _nested(docs, ("loop", "cob", "cob"))
+        ).alias("cob_g"),
+        payload.alias("payload"),
+        _extra(docs, _STATUS_FIELDS).alias("extra"),
+    ]
+
+
+_SHAPERS: Final[dict[str, Callable[[pl.DataFrame, ShapeContext], list[pl.Expr]]]] = {
+    "entries": _entries,
+    "treatments": _treatments,
+    "devicestatus": _devicestatus,
+}
+
+
+_DEDUP_KEYS: Final[dict[str, list[str]]] = {
+    "entries": ["device", "entry_at", "entry_type"],
+    "treatments": ["event_type", "treatment_at"],
+    "devicestatus": ["device", "status_at"],
+    "profile": ["valid_from_at", "default_profile"],
+}
+
+
+def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
+    """Shape one batch of documents for raw table ``table_name``.
+
+    Returns the table's rows (declared columns, deduplicated, inside the window), the
+    duplicates removed and the rows that could not be placed, each with a reason.
+    """
+    table = raw_table(table_name)
+    if docs.height == 0:
+        return Shaped(empty_like(table.polars_schema), empty_like(DUPLICATES_SCHEMA),
+                      empty_like(REJECTS_SCHEMA))
+    docs = docs.with_row_index(_ROW)
+    typed = docs.select(pl.col(_ROW), *_typed_columns(table, docs, ctx))
+    typed = typed.with_columns(_lineage(ctx))
+    placed, misplaced = _place(typed, table, ctx)
+    kept, dupes = _deduplicate(placed, table)
+    rejects = _set_aside(misplaced, docs, table, ctx, id_col=table.id_column,
+                         schema=REJECTS_SCHEMA)
+    duplicates = _set_aside(dupes, docs, table, ctx, id_col=table.id_column,
+                            schema=DUPLICATES_SCHEMA)
+    rows = kept.sort(table.time_column, table.id_column).select(table.polars_schema.names())
+    return Shaped(rows.cast(dict(table.polars_schema)), duplicates, rejects)
+
+
+def _typed_columns(table: RawTable, docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
+    if table.name == "profile":
+        return _profile(docs)
+    return _SHAPERS[table.name](docs, ctx)
+
+
+def _lineage(ctx: ShapeContext) -> list[pl.Expr]:
+    return [
+        pl.lit(ctx.site_id).alias("site_id"),
+        pl.lit(ctx.run_id).alias("ingest_run_id"),
+        pl.lit(ctx.ingested_at).cast(_UTC).alias("ingested_at"),
+    ]
+
+
+def _place(
+    typed: pl.DataFrame, table: RawTable, ctx: ShapeContext
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split rows into those inside the window and those with no time or a time outside it."""
+    at = pl.col(table.time_column)
+    start, end = pl.lit(ctx.window_start).cast(_UTC), pl.lit(ctx.window_end).cast(_UTC)
+    inside = at.is_not_null() & (at >= start) & (at < end)
+    if table.name == "profile":
+        inside = at.is_not_null()
+    reason = (
+        pl.when(at.is_null())
+        .then(pl.lit(f"no usable time: {table.time_column} missing or unparsable"))
+        .otherwise(
+            pl.lit(f"{table.time_column} ") + at.dt.to_string("%Y-%m-%dT%H:%M:%SZ")
+            + pl.lit(" is outside the requested window "
+                     f"[{ctx.window_start.isoformat()}, {ctx.window_end.isoformat()})")
+        )
+    )
+    flagged = typed.with_columns(inside.alias("__inside"), reason.alias("__reason"))
+    placed = flagged.filter(pl.col("__inside")).drop("__inside", "__reason")
+    if table.name != "profile":
+        placed = placed.with_columns(_local(table.time_column, ctx.timezone))
+    return placed, flagged.filter(~pl.col("__inside"))
+
+
+def _deduplicate(placed: pl.DataFrame, table: RawTable) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Drop repeats of the same id, then of the same device + time; say which row was kept."""
+    rid = pl.col(table.id_column)
+    same_id = placed.with_columns(
+        pl.col(_ROW).min().over(table.id_column).alias("__kept_row"),
+        rid.alias("__kept_id"),
+    )
+    first = same_id.filter(pl.col(_ROW) == pl.col("__kept_row"))
+    dup_id = same_id.filter(pl.col(_ROW) != pl.col("__kept_row")).with_columns(
+        pl.lit("same_id").alias("__reason")
+    )
+    keys = _DEDUP_KEYS[table.name]
+    ordered = first.sort([*keys, table.id_column], nulls_last=True)
+    grouped = ordered.with_columns(
+        rid.first().over([pl.col(k).fill_null(pl.lit("<null>")) if ordered.schema[k] == pl.String()
+                          else pl.col(k) for k in keys]).alias("__kept_id")
+    )
+    kept = grouped.filter(rid == pl.col("__kept_id"))
+    dup_time = grouped.filter(rid != pl.col("__kept_id")).with_columns(
+        pl.lit("same_device_time" if table.name != "treatments" else "same_type_time")
+        .alias("__reason")
+    )
+    dupes = pl.concat([dup_id, dup_time], how="diagonal_relaxed")
+    return kept.drop("__kept_row", "__kept_id"), dupes
+
+
+def _set_aside(
+    rows: pl.DataFrame,
+    docs: pl.DataFrame,
+    table: RawTable,
+    ctx: ShapeContext,
+    *,
+    id_col: str,
+    schema: pl.Schema,
+) -> pl.DataFrame:
+    """Rows set aside (rejects or duplicates), with the original document as payload."""
+    if rows.height == 0:
+        return empty_like(schema)
+    originals = docs.filter(pl.col(_ROW).is_in(rows.get_column(_ROW).implode()))
+    payloads = originals.select(pl.col(_ROW), _payload(originals).alias("payload"))
+    joined = rows.join(payloads, on=_ROW, how="left")
+    out = joined.select(
+        pl.lit(table.name).alias("table_name"),
+        pl.lit(ctx.site_id).alias("site_id"),
+        pl.col(id_col).alias("record_id"),
+        (pl.col("__kept_id") if "__kept_id" in joined.columns else pl.lit(None, pl.String))
+        .alias("duplicate_of"),
+        pl.col(table.time_column).alias("event_at"),
+        pl.col("__reason").alias("reason"),
+        pl.col("payload"),
+        ctx.window_date.alias("window_date"),
+        pl.lit(ctx.run_id).alias("ingest_run_id"),
+        pl.lit(ctx.ingested_at).cast(_UTC).alias("ingested_at"),
+    )
+    return out.select(schema.names()).cast(dict(schema))
+
+
+# --------------------------------------------------------------------------- profile
+
+
+_PROFILE_FIELDS: Final = frozenset(
+    {"_id", "startDate", "created_at", "mills", "defaultProfile", "units", "store"}
+)
+
+
+def _profile(docs: pl.DataFrame) -> list[pl.Expr]:
+    store = _col(docs, "store", pl.String())
+    default = _col(docs, "defaultProfile", pl.String()).fill_null("Default")
+    picked = pl.struct(store.alias("s"), default.alias("d")).map_elements(
+        _pick_default_profile, return_dtype=_PICKED, skip_nulls=False
+    )  # a site has a handful of profile documents: a Python step here costs nothing
+    return [
+        _record_id(docs, ["startDate", "created_at"]).alias("profile_id"),
+        pl.coalesce(
+            _iso_to_utc(docs, "startDate"), _epoch_to_utc(docs, "mills"),
+            _iso_to_utc(docs, "created_at"),
+        ).alias("valid_from_at"),
+        _col(docs, "created_at", pl.String()).alias("created_at_raw"),
+        default.alias("default_profile"),
+        picked.struct.field("timezone").alias("timezone"),
+        pl.coalesce(_col(docs, "units", pl.String()), picked.struct.field("units")).alias("units"),
+        picked.struct.field("dia").alias("dia_h"),
+        store.alias("store"),
+        _extra(docs, _PROFILE_FIELDS).alias("extra"),
+    ]
+
+
+_PICKED: Final = pl.Struct({"timezone": pl.String(), "units": pl.String(), "dia": pl.Float64()})
+
+
+def _pick_default_profile(row: dict[str, str | None]) -> dict[str, object]:
+    """``store[defaultProfile]``'s timezone, units and DIA (profile names are keys)."""
+    try:
+        chosen = json.loads(row["s"] or "{}").get(row["d"] or "Default") or {}
+    except (ValueError, AttributeError):
+        chosen = {}
+    if not isinstance(chosen, dict):
+        chosen = {}
+    try:
+        dia = float(chosen["dia"]) if chosen.get("dia") not in (None, "") else None
+    except (TypeError, ValueError):
+        dia = None
+    tz, units = chosen.get("timezone"), chosen.get("units")
+    return {"timezone": tz if isinstance(tz, str) else None,
+            "units": units if isinstance(units, str) else None, "dia": dia}
+
+
+def profile_timezone(profiles: pl.DataFrame) -> str | None:
+    """Timezone of the most recent profile that names one, else None."""
+    if profiles.height == 0 or "timezone" not in profiles.columns:
+        return None
+    latest = profiles.filter(pl.col("timezone").is_not_null() & (pl.col("timezone") != ""))
+    if latest.height == 0:
+        return None
+    return str(latest.sort("valid_from_at").get_column("timezone")[-1])

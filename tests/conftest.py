@@ -1,0 +1,30 @@
+"""Shared fixtures: real Nightscout samples and a throw-away lakehouse home."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+SAMPLES = Path(os.environ.get("CASCADE_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples" / "nightscout"))
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_sample(name: str) -> pl.DataFrame:
+    """A real Nightscout payload (see shared/samples/nightscout/SOURCES.md), as the client parses it."""
+    path = SAMPLES / name
+    if not path.exists():
+        path = FIXTURES / "nightscout" / name
+    docs = json.loads(path.read_text())
+    return pl.read_json(path, infer_schema_length=None) if isinstance(docs, list) else pl.DataFrame()
+
+
+@pytest.fixture
+def cascade_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh CASCADE_HOME for one test."""
+    home = tmp_path / "cascade"
+    monkeypatch.setenv("CASCADE_HOME", str(home))
+    return home

@@ -1,0 +1,41 @@
+"""Embedded end-to-end fixtures: one Prefect test harness and one simulator per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from tasks.simulator import SimulatorServer, SiteConfig
+
+NOW = datetime(2024, 4, 10, 12, 0, tzinfo=UTC)
+SECRET = "e2e-secret-value"
+SITE = SiteConfig(site_id="a", seed=11, timezone="Europe/London", api_secret=SECRET)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer([SITE], now=NOW, history_days=120) as server:
+        yield server
+
+
+@pytest.fixture
+def site_env(simulator: SimulatorServer, cascade_home: Path,
+             monkeypatch: pytest.MonkeyPatch) -> SimulatorServer:
+    """Point Cascade at the simulator's site ``a`` and a fresh lakehouse."""
+    monkeypatch.setenv("NIGHTSCOUT_URL", simulator.url_for("a"))
+    monkeypatch.setenv("NIGHTSCOUT_API_SECRET", SECRET)
+    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", "a")
+    monkeypatch.delenv("NIGHTSCOUT_TOKEN", raising=False)
+    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
+    simulator.clear_faults()
+    return simulator
