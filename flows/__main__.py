@@ -55,17 +55,42 @@ def _demo(args: argparse.Namespace) -> int:
 def _print_where(result: dict[str, object], home: object) -> None:
     branch = result["branch"]
     print()
-    print(f"Landed on branch {branch!r} of the embedded lakehouse at {home}")
     tables = result.get("tables", {})
     assert isinstance(tables, dict)
     for name, counts in tables.items():
         print(f"  raw.{name:<13} committed {counts['committed']:>8,}  duplicates "
               f"{counts['duplicates']:>6,}  rejected {counts['rejected']:>5,}")
-    print()
-    print("Look at it:")
-    print(f"  python -m flows refs                          # branches and tags")
-    print(f"  python -m flows show raw.entries --ref {branch}")
-    print("  docs/ingestion.md: open the branch from PyIceberg or DuckDB")
+    if "tag" in result:
+        print(f"\nAudited on branch {branch!r}, promoted into main as tag {result['tag']!r}.")
+        _print_marts(home)
+    else:
+        print(f"\nLanded on branch {branch!r} of the embedded lakehouse at {home}")
+    print("\nLook at it:")
+    print(f"  lakehouse       {home}  (catalog.db + warehouse/)")
+    print(f"  marts (SQLite)  {home}/marts.db")
+    for report in result.get("reports", []) or []:  # type: ignore[union-attr]
+        print(f"  AGP report      {report}")
+    print("  python -m flows refs                      # branches and tags")
+    print("  python -m flows show marts.mrt_daily_glycaemia --ref main")
+    print("  docs/querying.md: open main, a branch or a tag from DuckDB or PyIceberg")
+
+
+def _print_marts(home: object) -> None:
+    import polars as pl
+
+    from tasks.charts import period_summary
+    from tasks.publish import marts_connector, read_mart
+
+    connector = marts_connector()
+    daily = read_mart(connector, "mrt_daily_glycaemia")
+    for site in daily.get_column("site_id").unique().sort():
+        s = period_summary(daily, site)
+        days = daily.filter(pl.col("site_id") == site).height
+        print(f"\nSite {site}: {days} days in mrt_daily_glycaemia")
+        print(f"  mean {s['mean_mg_dl']:.0f} mg/dL, GMI {s['gmi_pct']:.1f}%, CV {s['cv_pct']:.1f}%")
+        print(f"  time in range {s['tir_pct']:.1f}%  below {s['tbr_pct']:.1f}% "
+              f"(<54: {s['tbr_severe_pct']:.1f}%)  above {s['tar_pct']:.1f}% "
+              f"(>250: {s['tar_severe_pct']:.1f}%)")
 
 
 def _refs(args: argparse.Namespace) -> int:

@@ -1,14 +1,24 @@
-"""Parent flows: ``backfill`` a date range (and, later, ``daily``) against one run branch."""
+"""Parent flows: ``backfill`` a date range and ``daily``, each on one run branch.
+
+Both run the whole write-audit-publish chain: ingest partitions concurrently onto a
+fresh branch, build it with dbt, validate it, promote it atomically into main, publish
+the marts. A failure at any step leaves main untouched and the branch kept.
+"""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._mapping import bounded_submit
+from flows.build_branch import build_branch
+from flows.promote import promote
+from flows.publish import publish
+from flows.validate import validate
 from tasks.branches import ensure_branch_task
 from tasks.errors import CascadeError
 from tasks.ingest import WindowReport, ingest_profile_task, ingest_window_task, utc_midnight
@@ -31,8 +41,10 @@ def backfill(
     chunk_days: int = 30,
     max_concurrency: int = 2,
     max_reject_ratio: float = 0.05,
+    promote_to_main: bool = True,
 ) -> dict[str, object]:
-    """Ingest the inclusive UTC day range ``[start, end]`` onto one run branch.
+    """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
+    validate, promote and publish it.
 
     Args:
         start: first UTC day.
@@ -42,7 +54,30 @@ def backfill(
         chunk_days: days per partition (one task run and one commit per table each).
         max_concurrency: partitions in flight at once (at most 16).
         max_reject_ratio: fail when more than this share of a day's rows break a contract.
+        promote_to_main: run build → validate → promote → publish after ingestion; with
+            False, stop after ingestion and leave the branch for inspection.
     """
+    ingested = _ingest_range(start, end, branch, site_block, chunk_days, max_concurrency,
+                             max_reject_ratio)
+    if not promote_to_main:
+        return ingested
+    return {**ingested, **_write_audit_publish(str(ingested["branch"]))}
+
+
+def _write_audit_publish(branch: str) -> dict[str, object]:
+    """build → validate → promote → publish; raises (main untouched) if any step fails."""
+    build = build_branch(branch)
+    audit = validate(branch)
+    promoted = promote(branch, expected_main_hash=str(audit["main_hash"]))
+    published = publish("main")
+    return {"build_seconds": build.seconds, "models": len(build.exported),
+            "tag": promoted["tag"], "main": promoted["main_after"],
+            "published": published["rows"], "reports": published["reports"]}
+
+
+def _ingest_range(start: date, end: date, branch: str | None, site_block: str | None,
+                  chunk_days: int, max_concurrency: int,
+                  max_reject_ratio: float) -> dict[str, object]:
     logger = get_run_logger()
     source = require_source(block_name=site_block)
     run_id = current_run_id()
@@ -91,3 +126,44 @@ def _totals(reports: list[WindowReport]) -> dict[str, dict[str, int]]:
             for key in row:
                 row[key] += getattr(counts, key)
     return totals
+
+
+@flow(name="daily", flow_run_name="daily {day}",
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))
+def daily(day: date | None = None, site_block: str | None = None,
+          max_reject_ratio: float = 0.05) -> dict[str, object]:
+    """Ingest, build, validate, promote and publish one local day (default: yesterday).
+
+    A local day spans two UTC days, so the UTC days around it are (re-)ingested.
+    """
+    timezone = _site_timezone(site_block)
+    if day is None:
+        day = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+    today = datetime.now(UTC).date()
+    start, end = day - timedelta(days=1), min(day + timedelta(days=1), today)
+    get_run_logger().info("daily %s (%s): UTC days %s..%s", day, timezone, start, end)
+    ingested = _ingest_range(start, end, None, site_block, 3, 1, max_reject_ratio)
+    return {**ingested, "day": str(day), **_write_audit_publish(str(ingested["branch"]))}
+
+
+def _site_timezone(site_block: str | None) -> str:
+    """The override or the source's configured timezone; UTC until a profile says more."""
+    override = load_lakehouse_settings().timezone_override
+    if override:
+        return override
+    source = require_source(block_name=site_block)
+    return source.timezone or _main_profile_timezone(source.site_id) or "UTC"
+
+
+def _main_profile_timezone(site_id: str) -> str | None:
+    """The site's timezone as main's profile table knows it (None before the first run)."""
+    from pyiceberg.expressions import EqualTo
+
+    from tasks.lakehouse import read_table
+    from tasks.runtime import current_lakehouse
+    from tasks.shaping import profile_timezone
+
+    catalog = current_lakehouse().branches.catalog("main")
+    if not catalog.table_exists("raw.profile"):
+        return None
+    return profile_timezone(read_table(catalog, "raw.profile", EqualTo("site_id", site_id)))

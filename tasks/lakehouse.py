@@ -152,8 +152,12 @@ def ensure_table(catalog: Catalog, layout: TableLayout) -> Table:
 
 
 def _partition(table: Table, layout: TableLayout) -> None:
+    by_site = "site_id" in layout.schema.names()
+    if not by_site and layout.partition_time is None:
+        return
     with table.update_spec() as spec:
-        spec.add_field("site_id", IdentityTransform(), "site_id")
+        if by_site:
+            spec.add_field("site_id", IdentityTransform(), "site_id")
         if layout.partition_time is not None:
             spec.add_field(layout.partition_time, DayTransform(), f"{layout.partition_time}_day")
 

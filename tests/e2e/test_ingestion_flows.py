@@ -24,7 +24,8 @@ def _raw(branch: str, table: str) -> pl.DataFrame:
 
 def test_concurrent_backfill_of_30_days_loses_no_rows(site_env: SimulatorServer) -> None:
     start, end = date(2024, 2, 1), date(2024, 3, 1)
-    result = backfill(start=start, end=end, chunk_days=3, max_concurrency=4)
+    result = backfill(start=start, end=end, chunk_days=3, max_concurrency=4,
+                      promote_to_main=False)
     branch = str(result["branch"])
     for table in ("entries", "treatments", "devicestatus"):
         served = expected_records(SITE, start, end + timedelta(days=1), table)
@@ -43,7 +44,7 @@ def test_concurrent_backfill_of_30_days_loses_no_rows(site_env: SimulatorServer)
 def test_backfill_leaves_main_untouched(site_env: SimulatorServer) -> None:
     branches = embedded_lakehouse().branches
     before = branches.ref("main").hash
-    result = backfill(start=date(2024, 3, 1), end=date(2024, 3, 2))
+    result = backfill(start=date(2024, 3, 1), end=date(2024, 3, 2), promote_to_main=False)
     assert branches.ref("main").hash == before
     assert "raw.entries" in [c.table for c in branches.diff(str(result["branch"]))]
 

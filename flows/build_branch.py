@@ -1,0 +1,66 @@
+"""build_branch: dbt build of staging → silver → marts on a branch, landed in Iceberg."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+
+from tasks.dbt_runner import (
+    BuildReport,
+    dbt_environment,
+    export_models,
+    fresh_build_dir,
+    load_sources,
+    run_dbt,
+    timed,
+)
+from tasks.runtime import current_lakehouse
+from tasks.settings import load_lakehouse_settings
+
+
+@task(name="load-dbt-sources", task_run_name="load raw+audit of {branch} into the build")
+def _load_sources(branch: str, duckdb_path: str) -> dict[str, int]:
+    from pathlib import Path
+
+    return load_sources(current_lakehouse().branches.catalog(branch), Path(duckdb_path))
+
+
+@task(name="land-models-in-iceberg", task_run_name="land models on {branch}")
+def _export(branch: str, duckdb_path: str) -> dict[str, int]:
+    from pathlib import Path
+
+    return export_models(Path(duckdb_path), current_lakehouse().branches.catalog(branch))
+
+
+@flow(name="build_branch", flow_run_name="build {branch}")
+def build_branch(branch: str, select: str | None = None) -> BuildReport:
+    """Run ``dbt build`` on ``branch`` and land every model as an Iceberg table on it.
+
+    Args:
+        branch: the branch to build (its raw tables are the sources).
+        select: an optional dbt selection (e.g. ``marts``); default: the whole project.
+
+    Failed dbt tests do not raise here: they are reported, and ``validate`` gates on them.
+    """
+    logger = get_run_logger()
+    report = BuildReport(branch)
+    build_dir = fresh_build_dir(load_lakehouse_settings().home, branch)
+    duckdb_path = build_dir / "cascade_build.duckdb"
+    started = time.perf_counter()
+    sources = _load_sources(branch, str(duckdb_path))
+    timed(report, "load_sources", started)
+    started = time.perf_counter()
+    args = ["build"] + (["--select", select] if select else [])
+    results = run_dbt(args, dbt_environment(build_dir, duckdb_path))
+    timed(report, "dbt_build", started)
+    report.nodes = {r["unique_id"]: r["status"] for r in results}
+    report.failures = [f"{r['unique_id']}: {r['status']} {r['message'] or ''}".strip()
+                       for r in results if r["status"] in ("error", "fail")]
+    started = time.perf_counter()
+    report.exported = _export(branch, str(duckdb_path))
+    timed(report, "land_in_iceberg", started)
+    logger.info("built %s: %d sources, %d dbt nodes (%d failed), %d models landed in %s",
+                branch, len(sources), len(report.nodes), len(report.failures),
+                len(report.exported), report.seconds)
+    return report

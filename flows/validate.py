@@ -1,0 +1,55 @@
+"""validate: audit a branch (dbt tests, mart contracts, reconciliation) before promotion."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.errors import ValidationFailed
+from tasks.runtime import current_lakehouse
+from tasks.settings import load_lakehouse_settings
+from tasks.validation import Check, check_dbt_results, check_marts, reconcile_raw, render_markdown
+
+
+@task(name="check-dbt-results", task_run_name="dbt results of {branch}")
+def _dbt_checks(branch: str) -> list[Check]:
+    target = load_lakehouse_settings().home / "build" / branch / "target" / "run_results.json"
+    return check_dbt_results(target)
+
+
+@task(name="check-mart-contracts", task_run_name="mart contracts on {branch}")
+def _mart_checks(branch: str) -> list[Check]:
+    return check_marts(current_lakehouse().branches.catalog(branch))
+
+
+@task(name="reconcile-raw", task_run_name="reconcile raw on {branch}")
+def _reconcile(branch: str) -> list[Check]:
+    return reconcile_raw(current_lakehouse().branches.catalog(branch))
+
+
+def _artifact_key(branch: str) -> str:
+    return "validation-" + "".join(c if c.isalnum() else "-" for c in branch.lower())[:80]
+
+
+@flow(name="validate", flow_run_name="validate {branch}")
+def validate(branch: str) -> dict[str, object]:
+    """Run every audit check on ``branch``; raise ``ValidationFailed`` if any fails.
+
+    The branch is never changed or deleted here: on failure it is kept for inspection.
+    Returns the main hash seen, so ``promote`` can refuse if main moved since.
+    """
+    main_hash = current_lakehouse().branches.ref("main").hash
+    checks = [*_dbt_checks(branch), *_mart_checks(branch), *_reconcile(branch)]
+    report = render_markdown(branch, checks)
+    create_markdown_artifact(report, key=_artifact_key(branch),
+                             description=f"validation of {branch}")
+    failed = [c for c in checks if not c.passed]
+    get_run_logger().info("validate %s: %d/%d checks passed", branch,
+                          len(checks) - len(failed), len(checks))
+    if failed:
+        raise ValidationFailed(
+            f"branch {branch!r} failed {len(failed)} check(s): "
+            + "; ".join(f"{c.name} ({c.figure}) {c.detail}".strip() for c in failed)
+            + f". Nothing was promoted; inspect the branch, then re-run validate or discard it."
+        )
+    return {"branch": branch, "main_hash": main_hash, "checks": len(checks)}
