@@ -1,4 +1,4 @@
-"""Command line: ``python -m flows demo|backfill|ingest-day|refs``.
+"""Command line: ``python -m flows demo|backfill|ingest-day|refs|show|sql``.
 
 ``demo`` is the README's first command: with no ``NIGHTSCOUT_URL`` it starts the bundled
 Nightscout simulator, then runs the pipeline on the embedded profile and says where the
@@ -111,6 +111,13 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sql(args: argparse.Namespace) -> int:
+    from tasks.query import open_ref
+
+    print(open_ref(args.ref).sql(args.query))
+    return 0
+
+
 def _backfill(args: argparse.Namespace) -> int:
     from flows.pipeline import backfill
 
@@ -154,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--ref", default="main")
     show.add_argument("--limit", type=int, default=10)
     show.set_defaults(run=_show)
+    sql = sub.add_parser("sql", help="run a DuckDB query against a ref's tables")
+    sql.add_argument("query")
+    sql.add_argument("--ref", default="main")
+    sql.set_defaults(run=_sql)
     return parser
 
 

@@ -50,6 +50,6 @@ def validate(branch: str) -> dict[str, object]:
         raise ValidationFailed(
             f"branch {branch!r} failed {len(failed)} check(s): "
             + "; ".join(f"{c.name} ({c.figure}) {c.detail}".strip() for c in failed)
-            + f". Nothing was promoted; inspect the branch, then re-run validate or discard it."
+            + ". Nothing was promoted; inspect the branch, then re-run validate or discard it."
         )
     return {"branch": branch, "main_hash": main_hash, "checks": len(checks)}

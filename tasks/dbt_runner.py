@@ -157,8 +157,7 @@ def export_models(duckdb_path: Path, catalog: Catalog,
             "order by 1, 2", [list(schemas)]
         ).fetchall()
         for schema, name in rows:
-            frame = pl.from_arrow(con.execute(f'select * from "{schema}"."{name}"').arrow())
-            assert isinstance(frame, pl.DataFrame)
+            frame = con.execute(f'select * from "{schema}"."{name}"').pl()
             _replace_model(catalog, f"{schema}.{name}", frame)
             exported[f"{schema}.{name}"] = frame.height
     return exported

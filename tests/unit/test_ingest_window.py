@@ -1,0 +1,99 @@
+"""ingest_window on a real embedded lakehouse, with the source faked at the HTTP layer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from tasks.branches import EmbeddedBranchCatalog
+from tasks.errors import ContractError
+from tasks.ingest import ingest_window
+from tasks.lakehouse import TableLayout, ensure_table, read_table, replace_rows, site_window
+from tasks.nightscout import NightscoutClient, RetryPolicy
+from tasks.settings import NightscoutSettings
+from tasks.shaping import ShapeContext
+
+START = datetime(2024, 3, 1, tzinfo=UTC)
+END = datetime(2024, 3, 2, tzinfo=UTC)
+T0 = int(START.timestamp() * 1000)
+
+
+def _client(entries: list[dict[str, object]]) -> NightscoutClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=entries if "entries" in request.url.path else [])
+
+    return NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
+                            transport=httpx.MockTransport(handler),
+                            retry=RetryPolicy(attempts=1), sleep=lambda s: None)
+
+
+def _ctx() -> ShapeContext:
+    return ShapeContext("a", "UTC", START, END, "run-x", datetime(2024, 3, 3, tzinfo=UTC))
+
+
+def _entries(n_good: int, n_bad: int) -> list[dict[str, object]]:
+    good = [{"_id": f"g{i}", "type": "sgv", "sgv": 100 + i % 50, "date": T0 + i * 300_000,
+             "device": "g6"} for i in range(n_good)]
+    bad = [{"_id": f"b{i}", "type": "sgv", "sgv": 5000, "date": T0 + i * 300_000 + 1,
+            "device": "g6"} for i in range(n_bad)]
+    return good + bad
+
+
+@pytest.fixture
+def branches(tmp_path: Path) -> EmbeddedBranchCatalog:
+    return EmbeddedBranchCatalog(tmp_path / "catalog.db", tmp_path / "warehouse")
+
+
+def test_rejects_recorded_with_reason_and_run_id(branches: EmbeddedBranchCatalog) -> None:
+    catalog = branches.catalog("main")
+    report = ingest_window(_client(_entries(100, 2)), catalog, _ctx())
+    assert report.tables["entries"].committed == 100
+    rejects = read_table(catalog, "audit.rejects")
+    assert rejects.height == 2
+    assert set(rejects.get_column("ingest_run_id")) == {"run-x"}
+    assert all("less_than_or_equal_to(1000)" in r for r in rejects.get_column("reason"))
+    assert '"sgv_mg_dl":5000' in rejects.get_column("payload")[0]
+
+
+def test_reject_ratio_over_limit_fails_and_commits_no_rows(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    catalog = branches.catalog("main")
+    with pytest.raises(ContractError, match=r"10 of 100 rows \(10.0%\)"):
+        ingest_window(_client(_entries(90, 10)), catalog, _ctx(), max_reject_ratio=0.05)
+    assert not catalog.table_exists("raw.entries")
+    assert read_table(catalog, "audit.rejects").height == 10  # kept for inspection
+
+
+def test_reingest_replaces_rejects_of_the_window(branches: EmbeddedBranchCatalog) -> None:
+    catalog = branches.catalog("main")
+    ingest_window(_client(_entries(100, 3)), catalog, _ctx())
+    ingest_window(_client(_entries(100, 1)), catalog, _ctx())
+    assert read_table(catalog, "audit.rejects").height == 1
+    assert read_table(catalog, "raw.entries").height == 100
+
+
+def test_ingest_log_has_one_row_per_table_and_day(branches: EmbeddedBranchCatalog) -> None:
+    catalog = branches.catalog("main")
+    ingest_window(_client(_entries(10, 1)), catalog, _ctx(), max_reject_ratio=0.5)
+    log = read_table(catalog, "audit.ingest_log").filter(pl.col("table_name") == "entries")
+    row = log.row(0, named=True)
+    assert (log.height, row["n_fetched"], row["n_rejected"], row["n_committed"]) == (1, 11, 1, 10)
+
+
+def test_schema_evolves_additively(branches: EmbeddedBranchCatalog) -> None:
+    catalog = branches.catalog("main")
+    v1 = TableLayout("raw.t", pl.Schema({"site_id": pl.String(), "a": pl.Int64()}), None, "")
+    replace_rows(catalog, v1, pl.DataFrame({"site_id": ["a"], "a": [1]}), site_window(v1, "a"))
+    v2 = TableLayout("raw.t", pl.Schema({"site_id": pl.String(), "a": pl.Int64(),
+                                         "b": pl.String()}), None, "")
+    ensure_table(catalog, v2)
+    replace_rows(catalog, v2, pl.DataFrame({"site_id": ["b"], "a": [2], "b": ["x"]}),
+                 site_window(v2, "b"))
+    frame = read_table(catalog, "raw.t").sort("a")
+    assert frame.columns == ["site_id", "a", "b"]
+    assert frame.rows() == [("a", 1, None), ("b", 2, "x")]
