@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Set up and run Cascade on a fresh machine that has only Python 3.11+ and git.
+
+    python3 scripts/cascade.py demo [args]   # the pipeline on the embedded profile
+    python3 scripts/cascade.py test [args]   # the test suite (pytest)
+    python3 scripts/cascade.py <anything>    # python -m flows <anything>
+
+It installs uv (pinned) into ./.cascade-tools when uv is not already on PATH, creates the
+project environment from uv.lock (``uv sync --frozen``), then runs the command in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+UV_VERSION = "0.13.9"
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / ".cascade-tools"
+
+
+def _uv() -> str:
+    found = shutil.which("uv")
+    if found:
+        return found
+    uv = TOOLS / ("Scripts" if os.name == "nt" else "bin") / "uv"
+    if not uv.exists():
+        print(f"cascade: installing uv {UV_VERSION} into {TOOLS}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(TOOLS)
+        pip = TOOLS / ("Scripts" if os.name == "nt" else "bin") / "pip"
+        subprocess.run([str(pip), "install", "--quiet", f"uv=={UV_VERSION}"], check=True)
+    return str(uv)
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):
+        print("cascade needs Python 3.11 or newer", file=sys.stderr)
+        return 2
+    command, *rest = argv or ["demo"]
+    uv = _uv()
+    subprocess.run([uv, "sync", "--frozen", "--quiet"], cwd=ROOT, check=True)
+    run = [uv, "run", "--frozen", "--no-sync"]
+    if command == "test":
+        args = [*run, "pytest", *rest]
+    else:
+        args = [*run, "python", "-m", "flows", command, *rest]
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ}
+    return subprocess.run(args, cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
