@@ -444,7 +444,7 @@ def _sqlite_engine(uri: str) -> Engine:
 
 # ----------------------------------------------------------------------- Prefect wrappers
 
-from prefect import get_run_logger, task  # noqa: E402
+from prefect import get_run_logger, task
 
 
 @task(name="create-branch", task_run_name="branch {name} from {from_ref}")

@@ -223,9 +223,9 @@ def utc_midnight(day: date) -> datetime:
 
 # ----------------------------------------------------------------------- Prefect wrappers
 
-from prefect import get_run_logger, task  # noqa: E402
+from prefect import get_run_logger, task
 
-from tasks.settings import NightscoutSettings  # noqa: E402
+from tasks.settings import NightscoutSettings
 
 
 def _context(source: NightscoutSettings, timezone: str, start: datetime, end: datetime,
