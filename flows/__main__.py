@@ -68,7 +68,9 @@ def _print_where(result: dict[str, object], home: object) -> None:
     print("\nLook at it:")
     print(f"  lakehouse       {home}  (catalog.db + warehouse/)")
     print(f"  marts (SQLite)  {home}/marts.db")
-    for report in result.get("reports", []) or []:  # type: ignore[union-attr]
+    reports = result.get("reports") or []
+    assert isinstance(reports, list)
+    for report in reports:
         print(f"  AGP report      {report}")
     print("  python -m flows refs                      # branches and tags")
     print("  python -m flows show marts.mrt_daily_glycaemia --ref main")

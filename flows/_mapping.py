@@ -17,7 +17,8 @@ def bounded_submit(
     submit: Callable[[T], PrefectFuture[Any]], items: Iterable[T], limit: int
 ) -> Iterator[tuple[T, PrefectFuture[Any]]]:
     """Submit ``items`` keeping at most ``limit`` in flight; yield each as it finishes."""
-    pending, inflight = deque(items), {}
+    pending: deque[T] = deque(items)
+    inflight: dict[PrefectFuture[Any], T] = {}
     while pending or inflight:
         while pending and len(inflight) < max(1, limit):
             item = pending.popleft()

@@ -8,6 +8,7 @@ the marts. A failure at any step leaves main untouched and the branch kept.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
@@ -31,7 +32,7 @@ MAX_CONCURRENCY = 16
 @flow(
     name="backfill",
     flow_run_name="backfill {start}..{end}",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
 )
 def backfill(
     start: date,
@@ -85,7 +86,7 @@ def _ingest_range(start: date, end: date, branch: str | None, site_block: str | 
     override = load_lakehouse_settings().timezone_override
     timezone = ingest_profile_task(source, branch, run_id, override)
     windows = day_windows(start, end, chunk_days)
-    progress = create_progress_artifact(
+    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         0.0, key="backfill-progress", description=f"backfill {start}..{end} on {branch}"
     )
     reports: list[WindowReport] = []
@@ -129,7 +130,7 @@ def _totals(reports: list[WindowReport]) -> dict[str, dict[str, int]]:
 
 
 @flow(name="daily", flow_run_name="daily {day}",
-      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))  # type: ignore[arg-type]
 def daily(day: date | None = None, site_block: str | None = None,
           max_reject_ratio: float = 0.05) -> dict[str, object]:
     """Ingest, build, validate, promote and publish one local day (default: yesterday).
@@ -157,7 +158,8 @@ def _site_timezone(site_block: str | None) -> str:
 
 def _main_profile_timezone(site_id: str) -> str | None:
     """The site's timezone as main's profile table knows it (None before the first run)."""
-    from pyiceberg.expressions import EqualTo
+    from pyiceberg.expressions import EqualTo, Reference
+    from pyiceberg.expressions.literals import literal
 
     from tasks.lakehouse import read_table
     from tasks.runtime import current_lakehouse
@@ -166,4 +168,6 @@ def _main_profile_timezone(site_id: str) -> str | None:
     catalog = current_lakehouse().branches.catalog("main")
     if not catalog.table_exists("raw.profile"):
         return None
-    return profile_timezone(read_table(catalog, "raw.profile", EqualTo("site_id", site_id)))
+    site = EqualTo(term=Reference("site_id"), value=literal(site_id))
+    profiles = read_table(catalog, "raw.profile", site)
+    return profile_timezone(profiles)

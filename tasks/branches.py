@@ -209,7 +209,8 @@ class EmbeddedBranchCatalog:
         """One branch or tag, with the hash of its pointers."""
         with self._engine.connect() as conn:
             row = self._require(conn, name)
-            return RefInfo(name, row["kind"], _hash(self._pointers(conn, name)), row["created_at"])
+            kind: RefKind = "tag" if row["kind"] == "tag" else "branch"
+            return RefInfo(name, kind, _hash(self._pointers(conn, name)), row["created_at"])
 
     def delete_branch(self, name: str) -> None:
         """Delete branch or tag ``name`` (its data files stay until maintenance)."""
@@ -346,14 +347,14 @@ class EmbeddedBranchCatalog:
             text("select table_namespace, table_name, metadata_location from iceberg_tables "
                  "where catalog_name = :r"), {"r": ref}
         ).all()
-        return {f"{ns}.{name}": loc for ns, name, loc in rows}
+        return {f"{ns}.{name}": (str(loc) if loc is not None else None) for ns, name, loc in rows}
 
     def _base(self, conn: Connection, ref: str) -> dict[str, str | None]:
         rows = conn.execute(
             text("select table_namespace, table_name, metadata_location from cascade_ref_base "
                  "where ref = :r"), {"r": ref}
         ).all()
-        return {f"{ns}.{name}": loc for ns, name, loc in rows}
+        return {f"{ns}.{name}": (str(loc) if loc is not None else None) for ns, name, loc in rows}
 
     def _set_base(self, conn: Connection, ref: str, pointers: dict[str, str | None]) -> None:
         conn.execute(text("delete from cascade_ref_base where ref = :r"), {"r": ref})

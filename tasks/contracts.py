@@ -175,7 +175,7 @@ def _rejects(bad: pl.DataFrame, table_name: str, ctx: ShapeContext, id_column: s
         pl.lit(ctx.run_id).alias("ingest_run_id"),
         pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
     )
-    return out.cast(dict(REJECTS_SCHEMA))
+    return out.cast(REJECTS_SCHEMA)
 
 
 def enforce_reject_ratio(table_name: str, day: str, n_seen: int, n_rejected: int,

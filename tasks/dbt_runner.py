@@ -21,6 +21,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchNamespaceError
 from pyiceberg.expressions import AlwaysTrue
 
 from tasks.errors import CascadeError
@@ -97,7 +98,7 @@ def load_sources(catalog: Catalog, duckdb_path: Path) -> dict[str, int]:
 def _tables(catalog: Catalog, namespace: str) -> list[tuple[str, ...]]:
     try:
         return [tuple(t) for t in catalog.list_tables(namespace)]
-    except Exception:  # namespace missing on this branch
+    except NoSuchNamespaceError:  # nothing of this kind on the branch yet
         return []
 
 

@@ -16,7 +16,8 @@ from typing import Final
 
 import polars as pl
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import And, In
+from pyiceberg.expressions import And, In, Reference
+from pyiceberg.expressions.literals import literal
 
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.errors import ContractError
@@ -164,7 +165,7 @@ def _daily_log(table: RawTable, valid: pl.DataFrame, dupes: pl.DataFrame,
         pl.col("n_duplicates"), pl.col("n_rejected"), pl.col("n_committed"),
         pl.lit(ctx.run_id).alias("ingest_run_id"),
         pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
-    ).cast(dict(INGEST_LOG_SCHEMA))
+    ).cast(INGEST_LOG_SCHEMA)
 
 
 def _breaches(prepared: list[_Prepared], max_ratio: float) -> list[str]:
@@ -188,7 +189,8 @@ def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext
                       ("ingest_log", "log")):
         layout = AUDIT_TABLES[key]
         rows = pl.concat([getattr(p, attr) for p in prepared])
-        where = And(site_window(layout, ctx.site_id, start, end), In("table_name", names))
+        where = And(site_window(layout, ctx.site_id, start, end),
+                    In(term=Reference("table_name"), values={literal(n) for n in names}))
         replace_rows(catalog, layout, rows, where)
 
 
@@ -274,6 +276,6 @@ def _retryable(state: object) -> bool:
         state.result()  # type: ignore[attr-defined]
     except NightscoutUnavailable:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is final: do not retry it
         return False
     return False

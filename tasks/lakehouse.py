@@ -34,7 +34,9 @@ from pyiceberg.expressions import (
     EqualTo,
     GreaterThanOrEqual,
     LessThan,
+    Reference,
 )
+from pyiceberg.expressions.literals import literal
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
@@ -181,13 +183,14 @@ def site_window(layout: TableLayout, site_id: str, start: datetime | date | None
 
     Without ``start``/``end`` (or for a layout with no window column): all the site's rows.
     """
-    where: BooleanExpression = EqualTo("site_id", site_id)
+    where: BooleanExpression = EqualTo(term=Reference("site_id"), value=literal(site_id))
     for column, value in equals.items():
-        where = And(where, EqualTo(column, value))
+        where = And(where, EqualTo(term=Reference(column), value=literal(value)))
     if start is None or end is None or not layout.window_column:
         return where
-    bounds = And(GreaterThanOrEqual(layout.window_column, start.isoformat()),
-                 LessThan(layout.window_column, end.isoformat()))
+    bound = Reference(layout.window_column)
+    bounds = And(GreaterThanOrEqual(term=bound, value=literal(start.isoformat())),
+                 LessThan(term=bound, value=literal(end.isoformat())))
     return And(where, bounds)
 
 
@@ -201,7 +204,7 @@ def replace_rows(
 
     Returns the snapshot id written (None when there was nothing to change).
     """
-    data = rows.select(layout.schema.names()).cast(dict(layout.schema)).to_arrow()
+    data = rows.select(layout.schema.names()).cast(layout.schema).to_arrow()
     with _commit_lock(catalog, layout.identifier):
         return _overwrite_with_retry(catalog, layout, data, where)
 

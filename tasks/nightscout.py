@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Self
 
 import httpx
 import polars as pl
@@ -129,7 +129,7 @@ class NightscoutClient:
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
         )
 
-    def __enter__(self) -> NightscoutClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -261,7 +261,7 @@ def _parse_documents(response: httpx.Response, where: str) -> pl.DataFrame:
         return pl.DataFrame()
     try:
         frame = pl.read_json(io.BytesIO(body), infer_schema_length=None)
-    except Exception as exc:  # polars raises ComputeError/SchemaError/...: all mean bad JSON
+    except (pl.exceptions.PolarsError, ValueError) as exc:  # all mean: not the JSON we expect
         raise NightscoutBadResponse(
             f"Nightscout answered {where} with a body that is not valid JSON documents "
             f"({type(exc).__name__}: {str(exc)[:160]}); nothing was written for this window"

@@ -23,7 +23,7 @@ def load_iceberg_extension(con: duckdb.DuckDBPyConnection) -> None:
     """Load DuckDB's iceberg (and avro) extension from the wheels, without network."""
     for module_name in _EXTENSIONS:
         module = __import__(module_name)
-        pattern = os.path.join(os.path.dirname(module.__file__), "extensions", "*",
+        pattern = os.path.join(os.path.dirname(str(module.__file__)), "extensions", "*",
                                "*.duckdb_extension")
         found = sorted(glob.glob(pattern))
         if not found:

@@ -41,12 +41,9 @@ def require_source(url: str | None = None, block_name: str | None = None) -> Nig
 
 def current_run_id() -> str:
     """The Prefect flow run id when running in a flow, else a fresh id (8 hex chars)."""
-    try:
-        from prefect.runtime import flow_run
+    from prefect.runtime import flow_run
 
-        run_id = flow_run.get_id()
-    except Exception:  # outside a flow run
-        run_id = None
+    run_id = flow_run.get_id()  # None outside a flow run
     return (run_id or uuid.uuid4().hex).replace("-", "")[:8]
 
 

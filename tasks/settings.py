@@ -20,6 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr
@@ -113,7 +114,7 @@ def load_nightscout_settings(
     if block_name:
         from blocks.nightscout import NightscoutSite
 
-        block = NightscoutSite.load(block_name)
+        block = cast(NightscoutSite, NightscoutSite.load(block_name))
         return NightscoutSettings(
             url=url or block.url,
             site_id=block.site_id,

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
@@ -109,14 +109,16 @@ def _col(docs: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name).cast(dtype, strict=False)
 
 
-def _nested(
-    docs: pl.DataFrame, path: tuple[str, ...], dtype: pl.DataType = pl.Float64()
-) -> pl.Expr:
+_FLOAT: Final = pl.Float64()
+
+
+def _nested(docs: pl.DataFrame, path: tuple[str, ...], dtype: pl.DataType = _FLOAT) -> pl.Expr:
     """A nested value such as ``pump.reservoir``, cast to ``dtype`` (null if absent)."""
     head, *rest = path
     if head not in docs.columns:
         return pl.lit(None, dtype)
     expr, source = pl.col(head), docs.schema[head]
+    fields: dict[str, Any]
     for i, name in enumerate(rest):
         if isinstance(source, pl.Struct):
             fields = {f.name: f.dtype for f in source.fields}
@@ -343,7 +345,7 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
     duplicates = _set_aside(dupes, docs, table, ctx, id_col=table.id_column,
                             schema=DUPLICATES_SCHEMA)
     rows = kept.sort(table.time_column, table.id_column).select(table.polars_schema.names())
-    return Shaped(rows.cast(dict(table.polars_schema)), duplicates, rejects)
+    return Shaped(rows.cast(table.polars_schema), duplicates, rejects)
 
 
 def _typed_columns(table: RawTable, docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
@@ -439,7 +441,7 @@ def _set_aside(
         pl.lit(ctx.run_id).alias("ingest_run_id"),
         pl.lit(ctx.ingested_at).cast(_UTC).alias("ingested_at"),
     )
-    return out.select(schema.names()).cast(dict(schema))
+    return out.select(schema.names()).cast(schema)
 
 
 # --------------------------------------------------------------------------- profile

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
 
 from tasks.lakehouse import read_table
 from tasks.schemas import RAW_TABLES
@@ -42,7 +44,8 @@ class Check:
     detail: str = ""
 
 
-def _pct(nullable: bool = False) -> pa.Field:  # type: ignore[type-arg]
+def _pct(nullable: bool = False) -> Any:
+    """A percentage column: 0–100 (with float slack)."""
     return pa.Field(ge=0, le=100.0001, nullable=nullable)
 
 
@@ -92,7 +95,7 @@ class AgpHourlyContract(pa.DataFrameModel):
     @pa.dataframe_check(name="percentiles ordered p05 ≤ p25 ≤ p50 ≤ p75 ≤ p95")
     def ordered(cls, data: pa.PolarsData) -> pl.LazyFrame:
         cols = ["p05", "p25", "p50", "p75", "p95"]
-        ok = pl.all_horizontal(pl.col(a) <= pl.col(b) for a, b in zip(cols, cols[1:]))
+        ok = pl.all_horizontal(pl.col(a) <= pl.col(b) for a, b in pairwise(cols))
         return data.lazyframe.select(ok.fill_null(True))
 
 
@@ -140,7 +143,7 @@ def check_marts(catalog: Catalog) -> list[Check]:
     for identifier, contract in MART_CONTRACTS.items():
         try:
             frame = read_table(catalog, identifier)
-        except Exception as exc:  # missing table is a failed check, not a crash
+        except NoSuchTableError as exc:  # a missing mart is a failed check, not a crash
             out.append(Check(f"contract {identifier}", False, "missing", str(exc)[:200]))
             continue
         try:
@@ -159,7 +162,7 @@ def reconcile_raw(catalog: Catalog) -> list[Check]:
     """Raw rows per site, table and UTC day equal what ingestion reported committing."""
     try:
         log = read_table(catalog, "audit.ingest_log")
-    except Exception:
+    except NoSuchTableError:
         return [Check("reconciliation", False, "no ingest log",
                       "audit.ingest_log missing: was anything ingested on this branch?")]
     out = []
@@ -170,7 +173,7 @@ def reconcile_raw(catalog: Catalog) -> list[Check]:
             "site_id", pl.col("window_date").alias("day"), "n_committed")
         try:
             raw = read_table(catalog, table.identifier)
-        except Exception:
+        except NoSuchTableError:
             raw = pl.DataFrame(schema={"site_id": pl.String, table.time_column: pl.Datetime("us", "UTC")})
         actual = raw.group_by("site_id", pl.col(table.time_column).dt.date().alias("day")).agg(
             pl.len().cast(pl.Int64).alias("n_raw"))
