@@ -1,4 +1,4 @@
-"""Command line: ``python -m flows demo|backfill|ingest-day|refs|show|sql``.
+"""Command line: ``python -m flows <command>`` (``--help`` lists them).
 
 ``demo`` is the README's first command: with no ``NIGHTSCOUT_URL`` it starts the bundled
 Nightscout simulator, then runs the pipeline on the embedded profile and says where the
@@ -120,11 +120,56 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow_command(args: argparse.Namespace) -> int:
+    """build / validate / promote / publish / daily: run that flow and print its result."""
+    if args.command == "build":
+        from flows.build_branch import build_branch
+
+        report = build_branch(branch=args.branch)
+        print(f"built {args.branch}: {len(report.exported)} models, failures: {report.failures}")
+    elif args.command == "validate":
+        from flows.validate import validate
+
+        print(validate(branch=args.branch))
+    elif args.command == "promote":
+        from flows.promote import promote
+
+        print(promote(branch=args.branch))
+    elif args.command == "publish":
+        from flows.publish import publish
+
+        print(publish(ref=args.ref))
+    elif args.command == "daily":
+        from flows.pipeline import daily
+
+        print(daily(day=args.day))
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from tasks.runtime import current_lakehouse
+
+    info = current_lakehouse().branches.reset(args.branch, args.to_ref)
+    print(f"{info.name} now points where {args.to_ref} does ({info.hash}); "
+          "run `python -m flows publish` to refresh the marts database")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from tasks.runtime import current_lakehouse
+
+    current_lakehouse().branches.delete_branch(args.name)
+    print(f"deleted {args.name}")
+    return 0
+
+
 def _backfill(args: argparse.Namespace) -> int:
     from flows.pipeline import backfill
 
     result = backfill(start=args.start, end=args.end, branch=args.branch,
-                      chunk_days=args.chunk_days, max_concurrency=args.max_concurrency)
+                      chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
+                      max_reject_ratio=args.max_reject_ratio,
+                      promote_to_main=not args.no_promote)
     print(result)
     return 0
 
@@ -151,7 +196,29 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--branch")
     back.add_argument("--chunk-days", type=int, default=30)
     back.add_argument("--max-concurrency", type=int, default=2)
+    back.add_argument("--max-reject-ratio", type=float, default=0.05)
+    back.add_argument("--no-promote", action="store_true",
+                      help="stop after ingestion and keep the branch")
     back.set_defaults(run=_backfill)
+    for name, help_text in (("build", "dbt build on a branch"),
+                            ("validate", "audit a branch"),
+                            ("promote", "merge a validated branch into main")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("branch")
+        cmd.set_defaults(run=_flow_command)
+    pub = sub.add_parser("publish", help="publish marts from a ref to the marts database")
+    pub.add_argument("--ref", default="main")
+    pub.set_defaults(run=_flow_command)
+    dly = sub.add_parser("daily", help="the whole chain for one local day (default yesterday)")
+    dly.add_argument("day", nargs="?", type=date.fromisoformat)
+    dly.set_defaults(run=_flow_command)
+    reset = sub.add_parser("reset", help="point a branch (main) at a tag: undo a promote")
+    reset.add_argument("branch")
+    reset.add_argument("to_ref")
+    reset.set_defaults(run=_reset)
+    delete = sub.add_parser("delete-branch", help="delete a branch or tag")
+    delete.add_argument("name")
+    delete.set_defaults(run=_delete)
     day = sub.add_parser("ingest-day", help="(re-)ingest one UTC day onto a branch")
     day.add_argument("day", type=date.fromisoformat)
     day.add_argument("--branch")

@@ -12,6 +12,7 @@ from tasks.dbt_runner import (
     export_models,
     fresh_build_dir,
     load_sources,
+    record_build_state,
     run_dbt,
     timed,
 )
@@ -60,6 +61,7 @@ def build_branch(branch: str, select: str | None = None) -> BuildReport:
     started = time.perf_counter()
     report.exported = _export(branch, str(duckdb_path))
     timed(report, "land_in_iceberg", started)
+    record_build_state(build_dir, branch, current_lakehouse().branches.ref(branch).hash)
     logger.info("built %s: %d sources, %d dbt nodes (%d failed), %d models landed in %s",
                 branch, len(sources), len(report.nodes), len(report.failures),
                 len(report.exported), report.seconds)

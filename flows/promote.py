@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow, get_run_logger
 
 from tasks.branches import MAIN
 from tasks.runtime import current_lakehouse
 
 
-def promoted_tag(branch: str) -> str:
-    """The tag a promote leaves on main: ``promoted-<branch without run->``."""
-    return "promoted-" + branch.removeprefix("run-")
+def promoted_tag(branch: str, taken: set[str]) -> str:
+    """The tag a promote leaves on main: ``promoted-<branch without run->``, made unique
+    with a UTC timestamp when a branch of the same name was promoted before."""
+    name = "promoted-" + branch.removeprefix("run-")
+    if name not in taken:
+        return name
+    return f"{name}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
 
 
 @flow(name="promote", flow_run_name="promote {branch}")
@@ -26,8 +32,9 @@ def promote(branch: str, expected_main_hash: str | None = None,
     """
     logger = get_run_logger()
     branches = current_lakehouse().branches
-    result = branches.merge(branch, into=MAIN, expected_hash=expected_main_hash)
-    tag = branches.tag(promoted_tag(branch), MAIN)
+    tag_name = promoted_tag(branch, {r.name for r in branches.list_refs()})
+    result = branches.merge(branch, into=MAIN, expected_hash=expected_main_hash, tag=tag_name)
+    tag = branches.ref(tag_name)
     if delete_branch:
         branches.delete_branch(branch)
     logger.info("promoted %s into main: %d tables moved, main %s → %s, tagged %s",

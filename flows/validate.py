@@ -13,8 +13,8 @@ from tasks.validation import Check, check_dbt_results, check_marts, reconcile_ra
 
 @task(name="check-dbt-results", task_run_name="dbt results of {branch}")
 def _dbt_checks(branch: str) -> list[Check]:
-    target = load_lakehouse_settings().home / "build" / branch / "target" / "run_results.json"
-    return check_dbt_results(target)
+    build_dir = load_lakehouse_settings().home / "build" / branch
+    return check_dbt_results(build_dir, current_lakehouse().branches.ref(branch).hash)
 
 
 @task(name="check-mart-contracts", task_run_name="mart contracts on {branch}")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NoReturn, Protocol
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -80,6 +80,23 @@ class MergeResult:
     hash_after: str
 
 
+class _TagCatalog(SqlCatalog):
+    """A tag's catalog: readable like any ref, refusing every change (tags never move)."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise BranchError(
+            f"{self.name!r} is a tag and tags never move: write to a branch instead"
+        )
+
+    commit_table = _refuse
+    create_table = _refuse
+    drop_table = _refuse
+    rename_table = _refuse
+    register_table = _refuse
+    create_namespace = _refuse
+    drop_namespace = _refuse
+
+
 class BranchCatalog(Protocol):
     """Branch and tag operations over a whole catalog (embedded SQLite or Nessie)."""
 
@@ -90,7 +107,8 @@ class BranchCatalog(Protocol):
     def diff(self, ref: str, against: str = MAIN) -> list[TableChange]: ...
     def delete_branch(self, name: str) -> None: ...
     def tag(self, name: str, ref: str = MAIN) -> RefInfo: ...
-    def merge(self, branch: str, into: str = MAIN, expected_hash: str | None = None) -> MergeResult: ...
+    def merge(self, branch: str, into: str = MAIN, expected_hash: str | None = None,
+              tag: str | None = None) -> MergeResult: ...
     def reset(self, branch: str, to_ref: str) -> RefInfo: ...
 
 
@@ -164,9 +182,9 @@ class EmbeddedBranchCatalog:
         """The PyIceberg catalog as of ``ref``; writes through it land on that branch."""
         info = self.ref(ref)
         if ref not in self._catalogs:
-            self._catalogs[ref] = SqlCatalog(
-                info.name, uri=self._uri, warehouse=self.warehouse.as_uri()
-            )
+            kind = _TagCatalog if info.kind == "tag" else SqlCatalog
+            self._catalogs[ref] = kind(info.name, uri=self._uri,
+                                       warehouse=self.warehouse.as_uri())
         return self._catalogs[ref]
 
     @property
@@ -243,8 +261,12 @@ class EmbeddedBranchCatalog:
 
     # ---------------------------------------------------------------- merge / reset
 
-    def merge(self, branch: str, into: str = MAIN, expected_hash: str | None = None) -> MergeResult:
+    def merge(self, branch: str, into: str = MAIN, expected_hash: str | None = None,
+              tag: str | None = None) -> MergeResult:
         """Atomically move every pointer ``branch`` changed since its base onto ``into``.
+
+        With ``tag``, the merged state is tagged in the same transaction: either both
+        happen or neither does.
 
         Raises:
             BranchConflict: ``into`` moved under a table the branch changed (or, when
@@ -254,6 +276,9 @@ class EmbeddedBranchCatalog:
             self._require(conn, branch)
             if self._require(conn, into)["kind"] != "branch":
                 raise BranchError(f"cannot merge into tag {into!r}: tags never move")
+            if tag is not None:
+                validate_ref_name(tag)
+                self._refuse_existing(conn, tag)
             target, source = self._pointers(conn, into), self._pointers(conn, branch)
             base = self._base(conn, branch)
             before = _hash(target)
@@ -277,6 +302,9 @@ class EmbeddedBranchCatalog:
             after = _hash(self._pointers(conn, into))
             self._log(conn, into, "merge", branch, before, after)
             self._set_base(conn, branch, self._pointers(conn, branch))
+            if tag is not None:
+                self._insert_ref(conn, tag, "tag", into)
+                self._copy_pointers(conn, into, tag)
         self._catalogs.pop(into, None)
         return MergeResult(branch, into, sorted(changed), before, after)
 

@@ -9,6 +9,7 @@ isolation and promotion cover every layer.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ __all__ = [
     "dbt_environment",
     "export_models",
     "load_sources",
+    "record_build_state",
     "run_dbt",
 ]
 
@@ -186,6 +188,12 @@ def _plain(arrow_type: pa.DataType) -> pa.DataType:
     if pa.types.is_large_binary(arrow_type):
         return pa.binary()
     return arrow_type
+
+
+def record_build_state(build_dir: Path, branch: str, branch_hash: str) -> None:
+    """Remember which state of the branch the build's dbt results belong to."""
+    state = {"branch": branch, "hash": branch_hash}
+    (build_dir / "build_state.json").write_text(json.dumps(state))
 
 
 def fresh_build_dir(home: Path, branch: str) -> Path:

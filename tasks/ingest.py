@@ -22,7 +22,7 @@ from pyiceberg.expressions.literals import literal
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.errors import ContractError
 from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, TableLayout, replace_rows, site_window
-from tasks.nightscout import NightscoutClient
+from tasks.nightscout import COLLECTIONS, NightscoutClient
 from tasks.schemas import RAW_TABLES, RawTable
 from tasks.shaping import ShapeContext, profile_timezone, shape
 
@@ -125,12 +125,30 @@ def ingest_window(
 
 
 def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _Prepared:
-    docs = client.fetch_window(table.endpoint, ctx.window_start, ctx.window_end)
+    margin = timedelta(0) if COLLECTIONS[table.endpoint].numeric_time else _OFFSET_MARGIN
+    docs = client.fetch_window(table.endpoint, ctx.window_start - margin, ctx.window_end + margin)
     shaped = shape(table.name, docs, ctx)
     checked = check(table.name, shaped.rows, ctx, table.id_column, table.time_column)
-    rejects = pl.concat([shaped.rejects, checked.rejects])
+    rejects = pl.concat([_outside_margin(shaped.rejects, ctx, margin), checked.rejects])
     log = _daily_log(table, checked.valid, shaped.duplicates, rejects, ctx)
     return _Prepared(table, checked.valid, shaped.duplicates, rejects, log)
+
+
+# Treatments and device status are filtered on ``created_at`` as *text*; an uploader's
+# local offset (at most ±14 h) moves a record's text away from its UTC time, so those
+# collections are fetched with this margin and placed by their parsed UTC time.
+_OFFSET_MARGIN: Final = timedelta(hours=14)
+
+
+def _outside_margin(rejects: pl.DataFrame, ctx: ShapeContext, margin: timedelta) -> pl.DataFrame:
+    """Drop rows fetched only through the margin: they belong to a neighbouring window."""
+    if margin == timedelta(0) or rejects.height == 0:
+        return rejects
+    at = pl.col("event_at")
+    start = pl.lit(ctx.window_start - margin).cast(pl.Datetime("us", "UTC"))
+    end = pl.lit(ctx.window_end + margin).cast(pl.Datetime("us", "UTC"))
+    neighbour = at.is_not_null() & (at >= start) & (at < end)
+    return rejects.filter(~neighbour)
 
 
 def _days(ctx: ShapeContext) -> pl.DataFrame:
@@ -269,7 +287,8 @@ def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime,
 
 
 def _retryable(state: object) -> bool:
-    """Retry only what a retry can fix: the source being unavailable, commit races."""
+    """Retry only what a retry can fix: the source being unavailable (commit races are
+    retried where they happen, in ``tasks.lakehouse``)."""
     from tasks.errors import NightscoutUnavailable
 
     try:

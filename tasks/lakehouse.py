@@ -1,8 +1,9 @@
 """Iceberg tables on a branch: create with partitioning, evolve additively, replace windows.
 
-Writes are idempotent per partition window: ``replace_window`` overwrites exactly the rows
+Writes are idempotent per partition window: ``replace_rows`` overwrites exactly the rows
 of one site inside ``[start, end)`` (whole day partitions, so Iceberg drops files rather
-than rewriting them) and appends the new rows, in one snapshot. Re-ingesting a day replaces
+than rewriting them) and appends the new rows, in one commit (a delete snapshot and an
+append snapshot, published together). Re-ingesting a day replaces
 that day; it never duplicates it.
 """
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Final, Self
 
 import httpx
@@ -243,7 +244,12 @@ def _retry_after(response: httpx.Response) -> float | None:
     try:
         return float(value)
     except ValueError:
+        pass
+    try:  # the other form HTTP allows: an HTTP date
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    return float(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
 
 
 def _parse_documents(response: httpx.Response, where: str) -> pl.DataFrame:

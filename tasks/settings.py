@@ -12,6 +12,8 @@ named), then the environment, then the default.
 | NIGHTSCOUT_BLOCK         | name of a ``nightscout-site`` block to load instead        |
 | CASCADE_HOME             | root of the embedded lakehouse (default ``./.cascade``)     |
 | CASCADE_TIMEZONE         | IANA timezone overriding the site's profile timezone        |
+| CASCADE_PROFILE          | ``embedded`` (default) or ``stack``                        |
+| CASCADE_MARTS_BLOCK      | name of a ``sqlalchemy-connector`` block for the marts DB   |
 """
 
 from __future__ import annotations

@@ -31,33 +31,25 @@ __all__ = [
 _UTC = pl.Datetime("us", "UTC")
 _ROW: Final = "__row"
 
-REJECTS_SCHEMA: Final = pl.Schema(
-    {
+def _set_aside_schema(*, with_duplicate_of: bool) -> pl.Schema:
+    """Columns of a set-aside row (reject or duplicate): what, where, why, and the payload."""
+    kept = {"duplicate_of": pl.String()} if with_duplicate_of else {}
+    return pl.Schema({
         "table_name": pl.String(),
         "site_id": pl.String(),
         "record_id": pl.String(),
+        **kept,
         "event_at": _UTC,
         "reason": pl.String(),
         "payload": pl.String(),
         "window_date": pl.Date(),
         "ingest_run_id": pl.String(),
         "ingested_at": _UTC,
-    }
-)
-DUPLICATES_SCHEMA: Final = pl.Schema(
-    {
-        "table_name": pl.String(),
-        "site_id": pl.String(),
-        "record_id": pl.String(),
-        "duplicate_of": pl.String(),
-        "event_at": _UTC,
-        "reason": pl.String(),
-        "payload": pl.String(),
-        "window_date": pl.Date(),
-        "ingest_run_id": pl.String(),
-        "ingested_at": _UTC,
-    }
-)
+    })
+
+
+REJECTS_SCHEMA: Final = _set_aside_schema(with_duplicate_of=False)
+DUPLICATES_SCHEMA: Final = _set_aside_schema(with_duplicate_of=True)
 
 
 @dataclass(frozen=True)
@@ -325,6 +317,14 @@ _DEDUP_KEYS: Final[dict[str, list[str]]] = {
 }
 
 
+_DEDUP_REASONS: Final[dict[str, str]] = {
+    "entries": "same_device_time",
+    "treatments": "same_type_time",
+    "devicestatus": "same_device_time",
+    "profile": "same_start_time",
+}
+
+
 def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
     """Shape one batch of documents for raw table ``table_name``.
 
@@ -406,7 +406,7 @@ def _deduplicate(placed: pl.DataFrame, table: RawTable) -> tuple[pl.DataFrame, p
     )
     kept = grouped.filter(rid == pl.col("__kept_id"))
     dup_time = grouped.filter(rid != pl.col("__kept_id")).with_columns(
-        pl.lit("same_device_time" if table.name != "treatments" else "same_type_time")
+        pl.lit(_DEDUP_REASONS[table.name])
         .alias("__reason")
     )
     dupes = pl.concat([dup_id, dup_time], how="diagonal_relaxed")

@@ -123,11 +123,17 @@ MART_CONTRACTS: Final[dict[str, type[pa.DataFrameModel]]] = {
 }
 
 
-def check_dbt_results(run_results: Path) -> list[Check]:
-    """One check for the dbt build: every model built and every test passed."""
-    if not run_results.exists():
+def check_dbt_results(build_dir: Path, branch_hash: str) -> list[Check]:
+    """The build is of the branch as it is now, every model built and every test passed."""
+    run_results = build_dir / "target" / "run_results.json"
+    state_file = build_dir / "build_state.json"
+    if not run_results.exists() or not state_file.exists():
         return [Check("dbt build results", False, "missing",
-                      f"no {run_results}: run build_branch on this branch first")]
+                      f"no build results in {build_dir}: run build_branch on this branch")]
+    built = json.loads(state_file.read_text()).get("hash")
+    if built != branch_hash:
+        return [Check("dbt build is current", False, f"built {built}, branch now {branch_hash}",
+                      "the branch changed since its last build: run build_branch again")]
     results = json.loads(run_results.read_text())["results"]
     bad = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
     tests = [r for r in results if r["unique_id"].startswith(("test.", "unit_test."))]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import sqlite3
 from datetime import date
 
+import polars as pl
 import pytest
 from pyiceberg.expressions import EqualTo
 
 from flows.build_branch import build_branch
-from flows.pipeline import backfill
+from flows.pipeline import backfill, daily
 from flows.promote import promote
 from flows.validate import validate
 from tasks.errors import BranchConflict, ValidationFailed
 from tasks.lakehouse import embedded_lakehouse, read_table
+from tasks.query import open_ref
 from tasks.settings import load_lakehouse_settings
 from tasks.simulator import SimulatorServer
 
@@ -54,6 +56,19 @@ def test_chain_promotes_publishes_and_keeps_history(site_env: SimulatorServer) -
     snapshots = table.snapshots()
     assert len(snapshots) >= 2
     assert table.scan(snapshot_id=snapshots[0].snapshot_id).to_arrow().num_rows < entries_main
+    # the same data through DuckDB's iceberg reader
+    count = open_ref("main").sql("select count(*) from raw.entries").fetchone()
+    assert count == (entries_main,)
+
+
+def test_daily_runs_the_chain_for_a_local_day(site_env: SimulatorServer) -> None:
+    result = daily(day=date(2024, 4, 5))
+    assert result["day"] == "2024-04-05"
+    daily_mart = read_table(embedded_lakehouse().branches.catalog("main"),
+                            "marts.mrt_daily_glycaemia")
+    row = daily_mart.filter(pl.col("local_date") == date(2024, 4, 5)).row(0, named=True)
+    assert row["n_readings"] > 250
+    assert 99.99 < row["tir_pct"] + row["tbr_pct"] + row["tar_pct"] < 100.01
 
 
 def test_failing_validation_leaves_main_untouched_and_branch_kept(

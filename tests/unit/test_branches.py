@@ -126,3 +126,22 @@ def test_names_validated_and_unique(branches: EmbeddedBranchCatalog) -> None:
     branches.create_branch("dev")
     with pytest.raises(BranchExists):
         branches.tag("dev")
+
+
+def test_tags_refuse_writes(branches: EmbeddedBranchCatalog) -> None:
+    branches.tag("v1")
+    with pytest.raises(BranchError, match="tags never move"):
+        _append(branches, "v1", "a", 5)
+    assert _values(branches, "v1", "a") == [1]
+
+
+def test_merge_tags_in_the_same_transaction(branches: EmbeddedBranchCatalog) -> None:
+    branches.tag("taken")
+    branches.create_branch("dev")
+    _append(branches, "dev", "a", 2)
+    before = branches.ref("main").hash
+    with pytest.raises(BranchExists):
+        branches.merge("dev", tag="taken")
+    assert branches.ref("main").hash == before  # neither merged nor tagged
+    result = branches.merge("dev", tag="release-1")
+    assert branches.ref("release-1").hash == result.hash_after

@@ -97,3 +97,32 @@ def test_schema_evolves_additively(branches: EmbeddedBranchCatalog) -> None:
     frame = read_table(catalog, "raw.t").sort("a")
     assert frame.columns == ["site_id", "a", "b"]
     assert frame.rows() == [("a", 1, None), ("b", 2, "x")]
+
+
+def test_treatment_with_local_offset_lands_in_its_utc_window(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    # text sorts on 2024-03-01 but the UTC time is 2024-03-02 05:30: belongs to the next day
+    late = {"_id": "t1", "eventType": "Note", "created_at": "2024-03-01T23:30:00-06:00"}
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        q = request.url.params
+        if "treatments" not in request.url.path:
+            return httpx.Response(200, json=[])
+        inside = q["find[created_at][$gte]"] <= late["created_at"] < q["find[created_at][$lt]"]
+        return httpx.Response(200, json=[late] if inside else [])
+
+    client = NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
+                              transport=httpx.MockTransport(handler),
+                              retry=RetryPolicy(attempts=1), sleep=lambda s: None)
+    catalog = branches.catalog("main")
+    day_one = ingest_window(client, catalog, _ctx())
+    nxt = ShapeContext("a", "UTC", END, datetime(2024, 3, 3, tzinfo=UTC), "run-x",
+                       datetime(2024, 3, 3, tzinfo=UTC))
+    day_two = ingest_window(client, catalog, nxt)
+    assert day_one.tables["treatments"].committed == 0
+    assert day_one.tables["treatments"].rejected == 0  # not lost, not rejected: next window's
+    assert day_two.tables["treatments"].committed == 1
+    assert read_table(catalog, "raw.treatments").get_column("treatment_id").to_list() == ["t1"]

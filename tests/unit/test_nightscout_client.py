@@ -187,3 +187,17 @@ def test_mixed_value_types_parse_in_one_batch() -> None:
             {"_id": "b", "type": "sgv", "sgv": 124, "date": T0 + 2}]
     frame = _client(lambda r: httpx.Response(200, json=docs)).fetch_window("entries", START, END)
     assert frame.get_column("sgv").cast(pl.Int64).sort().to_list() == [123, 124]
+
+
+def test_retry_after_http_date_is_honoured() -> None:
+    from email.utils import format_datetime
+
+    waits: list[float] = []
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+    answers = iter([httpx.Response(429, headers={"Retry-After": when}),
+                    httpx.Response(200, json=_entries([T0 + 5]))])
+    client = _client(lambda r: next(answers))
+    client.retry = RetryPolicy(attempts=3, base_s=0.01, max_s=10)
+    client.sleep = waits.append
+    assert client.fetch_window("entries", START, END).height == 1
+    assert 1.0 < waits[0] <= 3.0
