@@ -47,7 +47,8 @@ def _demo(args: argparse.Namespace) -> int:
     with _source_or_simulator(args.days) as source:
         print(f"Cascade demo: {args.days} days ({start}..{end}) from {source}")
         result = backfill(start=start, end=end, chunk_days=args.chunk_days,
-                          max_concurrency=args.max_concurrency)
+                          max_concurrency=args.max_concurrency,
+                          dbt_node_tasks=args.dbt_node_tasks)
     _print_where(result, load_lakehouse_settings().home)
     return 0
 
@@ -189,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=365, help="days of history (default 365)")
     demo.add_argument("--chunk-days", type=int, default=30)
     demo.add_argument("--max-concurrency", type=int, default=2)
+    demo.add_argument("--dbt-node-tasks", action="store_true",
+                      help="one Prefect task per dbt node, as deployments run it "
+                           "(slower on the in-process API; the demo runs dbt plainly)")
     demo.set_defaults(run=_demo)
     back = sub.add_parser("backfill", help="ingest a UTC day range onto a run branch")
     back.add_argument("start", type=date.fromisoformat)

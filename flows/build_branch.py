@@ -35,12 +35,15 @@ def _export(branch: str, duckdb_path: str) -> dict[str, int]:
 
 
 @flow(name="build_branch", flow_run_name="build {branch}")
-def build_branch(branch: str, select: str | None = None) -> BuildReport:
+def build_branch(branch: str, select: str | None = None,
+                 node_tasks: bool = True) -> BuildReport:
     """Run ``dbt build`` on ``branch`` and land every model as an Iceberg table on it.
 
     Args:
         branch: the branch to build (its raw tables are the sources).
         select: an optional dbt selection (e.g. ``marts``); default: the whole project.
+        node_tasks: one Prefect task run per dbt node (visible in the UI); False runs dbt
+            plainly, which is several times faster on a slow API (see docs/benchmarks.md).
 
     Failed dbt tests do not raise here: they are reported, and ``validate`` gates on them.
     """
@@ -53,7 +56,7 @@ def build_branch(branch: str, select: str | None = None) -> BuildReport:
     timed(report, "load_sources", started)
     started = time.perf_counter()
     args = ["build"] + (["--select", select] if select else [])
-    results = run_dbt(args, dbt_environment(build_dir, duckdb_path))
+    results = run_dbt(args, dbt_environment(build_dir, duckdb_path), in_prefect=node_tasks)
     timed(report, "dbt_build", started)
     report.nodes = {r["unique_id"]: r["status"] for r in results}
     report.failures = [f"{r['unique_id']}: {r['status']} {r['message'] or ''}".strip()

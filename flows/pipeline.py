@@ -43,6 +43,7 @@ def backfill(
     max_concurrency: int = 2,
     max_reject_ratio: float = 0.05,
     promote_to_main: bool = True,
+    dbt_node_tasks: bool = True,
 ) -> dict[str, object]:
     """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
     validate, promote and publish it.
@@ -57,17 +58,18 @@ def backfill(
         max_reject_ratio: fail when more than this share of a day's rows break a contract.
         promote_to_main: run build → validate → promote → publish after ingestion; with
             False, stop after ingestion and leave the branch for inspection.
+        dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
     """
     ingested = _ingest_range(start, end, branch, site_block, chunk_days, max_concurrency,
                              max_reject_ratio)
     if not promote_to_main:
         return ingested
-    return {**ingested, **_write_audit_publish(str(ingested["branch"]))}
+    return {**ingested, **_write_audit_publish(str(ingested["branch"]), dbt_node_tasks)}
 
 
-def _write_audit_publish(branch: str) -> dict[str, object]:
+def _write_audit_publish(branch: str, dbt_node_tasks: bool = True) -> dict[str, object]:
     """build → validate → promote → publish; raises (main untouched) if any step fails."""
-    build = build_branch(branch)
+    build = build_branch(branch, node_tasks=dbt_node_tasks)
     audit = validate(branch)
     promoted = promote(branch, expected_main_hash=str(audit["main_hash"]))
     published = publish("main")
@@ -132,7 +134,7 @@ def _totals(reports: list[WindowReport]) -> dict[str, dict[str, int]]:
 @flow(name="daily", flow_run_name="daily {day}",
       task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))  # type: ignore[arg-type]
 def daily(day: date | None = None, site_block: str | None = None,
-          max_reject_ratio: float = 0.05) -> dict[str, object]:
+          max_reject_ratio: float = 0.05, dbt_node_tasks: bool = True) -> dict[str, object]:
     """Ingest, build, validate, promote and publish one local day (default: yesterday).
 
     A local day spans two UTC days, so the UTC days around it are (re-)ingested.
@@ -144,7 +146,8 @@ def daily(day: date | None = None, site_block: str | None = None,
     start, end = day - timedelta(days=1), min(day + timedelta(days=1), today)
     get_run_logger().info("daily %s (%s): UTC days %s..%s", day, timezone, start, end)
     ingested = _ingest_range(start, end, None, site_block, 3, 1, max_reject_ratio)
-    return {**ingested, "day": str(day), **_write_audit_publish(str(ingested["branch"]))}
+    return {**ingested, "day": str(day),
+            **_write_audit_publish(str(ingested["branch"]), dbt_node_tasks)}
 
 
 def _site_timezone(site_block: str | None) -> str:

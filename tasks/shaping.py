@@ -90,10 +90,12 @@ def _col(docs: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
     if name not in docs.columns:
         return pl.lit(None, dtype)
     source = docs.schema[name]
-    if isinstance(source, (pl.Struct, pl.List)) and dtype == pl.String():
-        return pl.col(name).struct.json_encode() if isinstance(source, pl.Struct) else (
-            pl.col(name).cast(pl.String, strict=False)
-        )
+    if isinstance(source, (pl.Struct, pl.List, pl.Array)):
+        if dtype != pl.String():
+            return pl.lit(None, dtype)  # a list or object where a number belongs: not a value
+        if isinstance(source, pl.Struct):
+            return pl.col(name).struct.json_encode()
+        return pl.struct(pl.col(name).alias("v")).struct.json_encode().str.slice(5).str.head(-1)
     if dtype.is_integer() and source == pl.String():
         return pl.col(name).cast(pl.Float64, strict=False).round(0).cast(dtype, strict=False)
     if dtype.is_integer() and source.is_float():
