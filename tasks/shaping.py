@@ -182,13 +182,27 @@ def _local(time_column: str, timezone: str) -> list[pl.Expr]:
     return [local.alias("local_at"), local.dt.date().alias("local_date")]
 
 
-def _extra(docs: pl.DataFrame, modelled: frozenset[str]) -> pl.Expr:
-    """Every field the table does not model, as a JSON object string (nulls left out)."""
-    rest = [c for c in docs.columns if c not in modelled and c != _ROW]
-    if not rest:
+def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...] = ()) -> pl.Expr:
+    """Every field the table does not model, as a JSON object string (nulls left out).
+
+    A modelled number that could not be read as one (``"noise": []``, ``"sgv": "HIGH"``)
+    is kept too, under ``"_uncast"``, so no value an uploader sent is lost.
+    """
+    fields: list[pl.Expr] = [pl.col(c) for c in docs.columns if c not in modelled and c != _ROW]
+    uncast = [_uncast(docs, name).alias(name) for name in numeric if name in docs.columns]
+    if uncast:
+        fields.append(pl.struct(uncast).alias("_uncast"))
+    if not fields:
         return pl.lit("{}")
-    encoded = pl.struct(rest).struct.json_encode()
-    return encoded.str.replace_all(r'"[^"]*":null,?', "").str.replace(r",}$", "}")
+    encoded = pl.struct(fields).struct.json_encode()
+    return (encoded.str.replace_all(r'"[^"]*":null,?', "").str.replace_all(r'"_uncast":\{\},?', "")
+            .str.replace_all(r",}", "}"))
+
+
+def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr:
+    """The field's value as text where it is present but not a number, else null."""
+    failed = pl.col(name).is_not_null() & _col(docs, name, pl.Float64()).is_null()
+    return pl.when(failed).then(_col(docs, name, pl.String())).otherwise(None)
 
 
 def _payload(docs: pl.DataFrame) -> pl.Expr:
@@ -210,6 +224,10 @@ _ENTRY_FIELDS: Final = frozenset(
     {"_id", "type", "date", "dateString", "utcOffset", "device", "sgv", "mbg", "direction",
      "noise", "filtered", "unfiltered", "rssi", "slope", "intercept", "scale"}
 )
+
+
+_ENTRY_NUMBERS: Final = ("sgv", "mbg", "noise", "filtered", "unfiltered", "rssi", "slope",
+                         "intercept", "scale", "utcOffset")
 
 
 def _entries(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
@@ -240,7 +258,7 @@ def _entries(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
         _col(docs, "scale", pl.Float64()).alias("scale"),
         (is_sgv & sgv.is_between(1, 38)).fill_null(False).alias("is_error_code"),
         (is_sgv & (sgv == 39)).fill_null(False).alias("is_low"),
-        _extra(docs, _ENTRY_FIELDS).alias("extra"),
+        _extra(docs, _ENTRY_FIELDS, _ENTRY_NUMBERS).alias("extra"),
     ]
 
 
@@ -248,6 +266,9 @@ _TREATMENT_FIELDS: Final = frozenset(
     {"_id", "eventType", "created_at", "insulin", "carbs", "duration", "rate", "absolute",
      "glucose", "glucoseType", "units", "enteredBy", "notes"}
 )
+
+
+_TREATMENT_NUMBERS: Final = ("insulin", "carbs", "duration", "rate", "absolute", "glucose")
 
 
 def _treatments(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
@@ -269,7 +290,7 @@ def _treatments(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
         _col(docs, "units", pl.String()).alias("units"),
         _col(docs, "enteredBy", pl.String()).alias("entered_by"),
         _col(docs, "notes", pl.String()).alias("notes"),
-        _extra(docs, _TREATMENT_FIELDS).alias("extra"),
+        _extra(docs, _TREATMENT_FIELDS, _TREATMENT_NUMBERS).alias("extra"),
     ]
 
 

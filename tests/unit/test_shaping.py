@@ -154,3 +154,16 @@ def test_reject_ratio_over_limit_raises() -> None:
     enforce_reject_ratio("raw.entries", "2024-01-01", 100, 5, 0.05)
     with pytest.raises(ContractError, match="6 of 100"):
         enforce_reject_ratio("raw.entries", "2024-01-01", 100, 6, 0.05)
+
+
+def test_unreadable_numbers_kept_under_uncast() -> None:
+    docs = _docs([{"_id": "1", "type": "sgv", "sgv": 120, "date": T, "device": "g6",
+                   "noise": [1, 2], "rssi": "strong", "filtered": "1.5"}])
+    row = shape("entries", docs, CTX).rows.row(0, named=True)
+    assert row["noise"] is None and row["rssi"] is None and row["filtered"] == 1.5
+    assert json.loads(row["extra"]) == {"_uncast": {"noise": "[1,2]", "rssi": "strong"}}
+
+
+def test_extra_is_empty_object_when_everything_is_modelled() -> None:
+    docs = _docs([{"_id": "1", "type": "sgv", "sgv": 120, "date": T, "device": "g6"}])
+    assert shape("entries", docs, CTX).rows.get_column("extra").to_list() == ["{}"]
