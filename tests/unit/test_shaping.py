@@ -127,6 +127,8 @@ def test_contract_breaches_go_to_rejects_with_reason() -> None:
     reasons = dict(rejects.select("record_id", "reason").rows())
     assert "less_than_or_equal_to(1000)" in reasons["huge"]
     assert "sgv entries carry a glucose value" in reasons["text"]
+    payloads = dict(rejects.select("record_id", "payload").rows())
+    assert json.loads(json.loads(payloads["text"])["extra"]) == {"_uncast": {"sgv": "high"}}
     assert rejects.get_column("ingest_run_id").to_list() == ["run1", "run1"]
 
 
