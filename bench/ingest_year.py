@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.contracts import check
-from tasks.ingest import WINDOW_TABLES, raw_layout
+from tasks.ingest import WINDOW_TABLES, raw_layout, utc_midnight
 from tasks.lakehouse import replace_rows, site_window
 from tasks.nightscout import NightscoutClient
 from tasks.runtime import day_windows
@@ -27,10 +27,6 @@ from tasks.schemas import RAW_TABLES
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, shape
 from tasks.simulator import SimulatorServer, SiteConfig
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
     with SimulatorServer([site], now=now, history_days=args.days + 2) as sim:
         client = NightscoutClient(NightscoutSettings(sim.url_for("a"), "a", SecretStr("s")))
         for lo, hi in windows:
-            ctx = ShapeContext("a", site.timezone, _midnight(lo), _midnight(hi), "bench",
+            ctx = ShapeContext("a", site.timezone, utc_midnight(lo), utc_midnight(hi), "bench",
                                datetime.now(UTC))
             for name in WINDOW_TABLES:
                 table = RAW_TABLES[name]
@@ -58,7 +54,7 @@ def main() -> None:
                 docs = client.fetch_window(name, ctx.window_start, ctx.window_end)
                 t1 = time.perf_counter()
                 shaped = shape(name, docs, ctx)
-                valid = check(name, shaped.rows, ctx, table.id_column, table.time_column).valid
+                valid = check(name, shaped.rows, ctx).valid
                 t2 = time.perf_counter()
                 layout = raw_layout(table)
                 replace_rows(catalog, layout, valid,

@@ -18,7 +18,8 @@ from pandera.engines.polars_engine import DateTime as _DateTime
 from pandera.errors import SchemaErrors
 
 from tasks.errors import ContractError
-from tasks.shaping import REJECTS_SCHEMA, ShapeContext, empty_like
+from tasks.schemas import raw_table
+from tasks.shaping import REJECTS_SCHEMA, ShapeContext, empty_like, set_aside
 
 __all__ = [
     "CONTRACTS",
@@ -132,8 +133,7 @@ class Checked:
     rejects: pl.DataFrame
 
 
-def check(table_name: str, rows: pl.DataFrame, ctx: ShapeContext, id_column: str,
-          time_column: str) -> Checked:
+def check(table_name: str, rows: pl.DataFrame, ctx: ShapeContext) -> Checked:
     """Validate ``rows`` against the table's contract; route failing rows to rejects."""
     contract = CONTRACTS[table_name]
     if rows.height == 0:
@@ -158,24 +158,11 @@ def check(table_name: str, rows: pl.DataFrame, ctx: ShapeContext, id_column: str
     flagged = indexed.join(reasons, left_on="__i", right_on="index", how="left")
     valid = flagged.filter(pl.col("__reason").is_null()).drop("__i", "__reason")
     bad = flagged.filter(pl.col("__reason").is_not_null())
-    return Checked(valid, _rejects(bad, table_name, ctx, id_column, time_column))
-
-
-def _rejects(bad: pl.DataFrame, table_name: str, ctx: ShapeContext, id_column: str,
-             time_column: str) -> pl.DataFrame:
     payload_cols = [c for c in bad.columns if c not in ("__i", "__reason")]
-    out = bad.select(
-        pl.lit(table_name).alias("table_name"),
-        pl.lit(ctx.site_id).alias("site_id"),
-        pl.col(id_column).alias("record_id"),
-        pl.col(time_column).alias("event_at"),
-        (pl.lit("contract: ") + pl.col("__reason")).alias("reason"),
-        pl.struct(payload_cols).struct.json_encode().alias("payload"),
-        ctx.window_date.alias("window_date"),
-        pl.lit(ctx.run_id).alias("ingest_run_id"),
-        pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
-    )
-    return out.cast(REJECTS_SCHEMA)
+    rejects = set_aside(bad, raw_table(table_name), ctx,
+                        reason=pl.lit("contract: ") + pl.col("__reason"),
+                        payload=pl.struct(payload_cols).struct.json_encode())
+    return Checked(valid, rejects)
 
 
 def enforce_reject_ratio(table_name: str, day: str, n_seen: int, n_rejected: int,

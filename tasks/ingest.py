@@ -128,7 +128,7 @@ def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _P
     margin = timedelta(0) if COLLECTIONS[table.endpoint].numeric_time else _OFFSET_MARGIN
     docs = client.fetch_window(table.endpoint, ctx.window_start - margin, ctx.window_end + margin)
     shaped = shape(table.name, docs, ctx)
-    checked = check(table.name, shaped.rows, ctx, table.id_column, table.time_column)
+    checked = check(table.name, shaped.rows, ctx)
     rejects = pl.concat([_outside_margin(shaped.rejects, ctx, margin), checked.rejects])
     log = _daily_log(table, checked.valid, shaped.duplicates, rejects, ctx)
     return _Prepared(table, checked.valid, shaped.duplicates, rejects, log)
@@ -151,8 +151,13 @@ def _outside_margin(rejects: pl.DataFrame, ctx: ShapeContext, margin: timedelta)
     return rejects.filter(~neighbour)
 
 
+def _last_day(ctx: ShapeContext) -> date:
+    """The last UTC day the window ``[start, end)`` touches."""
+    return (ctx.window_end - timedelta(microseconds=1)).date()
+
+
 def _days(ctx: ShapeContext) -> pl.DataFrame:
-    first, last = ctx.window_start.date(), (ctx.window_end - timedelta(microseconds=1)).date()
+    first, last = ctx.window_start.date(), _last_day(ctx)
     return pl.DataFrame({"window_date": pl.date_range(first, last, "1d", eager=True)})
 
 
@@ -160,8 +165,7 @@ def _per_day(frame: pl.DataFrame, time_column: str, ctx: ShapeContext, name: str
     day = pl.col(time_column).dt.date().fill_null(ctx.window_start.date())
     if frame.height == 0:
         return pl.DataFrame(schema={"window_date": pl.Date(), name: pl.UInt32()})
-    in_window = day.clip(ctx.window_start.date(),
-                         (ctx.window_end - timedelta(microseconds=1)).date())
+    in_window = day.clip(ctx.window_start.date(), _last_day(ctx))
     return frame.group_by(in_window.alias("window_date")).agg(pl.len().alias(name))
 
 
@@ -201,7 +205,7 @@ def _breaches(prepared: list[_Prepared], max_ratio: float) -> list[str]:
 def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext) -> None:
     """Replace the window's audit rows (rejects, duplicates, then the log) for these tables."""
     start = ctx.window_start.date()
-    end = (ctx.window_end - timedelta(microseconds=1)).date() + timedelta(days=1)
+    end = _last_day(ctx) + timedelta(days=1)
     names = [p.table.name for p in prepared]
     for key, attr in (("rejects", "rejects"), ("duplicates", "duplicates"),
                       ("ingest_log", "log")):
@@ -216,7 +220,7 @@ def ingest_profiles(client: NightscoutClient, catalog: Catalog, ctx: ShapeContex
     """Replace the site's profile documents (a site keeps a handful) and return them."""
     table = RAW_TABLES["profile"]
     shaped = shape(table.name, client.fetch_profiles(), ctx)
-    checked = check(table.name, shaped.rows, ctx, table.id_column, table.time_column)
+    checked = check(table.name, shaped.rows, ctx)
     layout = raw_layout(table)
     replace_rows(catalog, layout, checked.valid, site_window(layout, ctx.site_id))
     audit = AUDIT_TABLES["rejects"]

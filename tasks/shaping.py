@@ -25,6 +25,7 @@ __all__ = [
     "Shaped",
     "empty_like",
     "profile_timezone",
+    "set_aside",
     "shape",
 ]
 
@@ -325,11 +326,6 @@ def _devicestatus(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
     ]
 
 
-_SHAPERS: Final[dict[str, Callable[[pl.DataFrame, ShapeContext], list[pl.Expr]]]] = {
-    "entries": _entries,
-    "treatments": _treatments,
-    "devicestatus": _devicestatus,
-}
 
 
 _DEDUP_KEYS: Final[dict[str, list[str]]] = {
@@ -359,22 +355,14 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
         return Shaped(empty_like(table.polars_schema), empty_like(DUPLICATES_SCHEMA),
                       empty_like(REJECTS_SCHEMA))
     docs = docs.with_row_index(_ROW)
-    typed = docs.select(pl.col(_ROW), *_typed_columns(table, docs, ctx))
+    typed = docs.select(pl.col(_ROW), *_SHAPERS[table.name](docs, ctx))
     typed = typed.with_columns(_lineage(ctx))
     placed, misplaced = _place(typed, table, ctx)
     kept, dupes = _deduplicate(placed, table)
-    rejects = _set_aside(misplaced, docs, table, ctx, id_col=table.id_column,
-                         schema=REJECTS_SCHEMA)
-    duplicates = _set_aside(dupes, docs, table, ctx, id_col=table.id_column,
-                            schema=DUPLICATES_SCHEMA)
+    rejects = _set_aside(misplaced, docs, table, ctx, schema=REJECTS_SCHEMA)
+    duplicates = _set_aside(dupes, docs, table, ctx, schema=DUPLICATES_SCHEMA)
     rows = kept.sort(table.time_column, table.id_column).select(table.polars_schema.names())
     return Shaped(rows.cast(table.polars_schema), duplicates, rejects)
-
-
-def _typed_columns(table: RawTable, docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
-    if table.name == "profile":
-        return _profile(docs)
-    return _SHAPERS[table.name](docs, ctx)
 
 
 def _lineage(ctx: ShapeContext) -> list[pl.Expr]:
@@ -442,7 +430,6 @@ def _set_aside(
     table: RawTable,
     ctx: ShapeContext,
     *,
-    id_col: str,
     schema: pl.Schema,
 ) -> pl.DataFrame:
     """Rows set aside (rejects or duplicates), with the original document as payload."""
@@ -451,15 +438,31 @@ def _set_aside(
     originals = docs.filter(pl.col(_ROW).is_in(rows.get_column(_ROW).implode()))
     payloads = originals.select(pl.col(_ROW), _payload(originals).alias("payload"))
     joined = rows.join(payloads, on=_ROW, how="left")
-    out = joined.select(
+    kept = pl.col("__kept_id") if "__kept_id" in joined.columns else None
+    return set_aside(joined, table, ctx, reason=pl.col("__reason"), payload=pl.col("payload"),
+                     duplicate_of=kept, schema=schema)
+
+
+def set_aside(
+    frame: pl.DataFrame,
+    table: RawTable,
+    ctx: ShapeContext,
+    *,
+    reason: pl.Expr,
+    payload: pl.Expr,
+    duplicate_of: pl.Expr | None = None,
+    schema: pl.Schema = REJECTS_SCHEMA,
+) -> pl.DataFrame:
+    """``frame``'s rows in the audit layout (``audit.rejects`` or ``audit.duplicates``)."""
+    out = frame.select(
         pl.lit(table.name).alias("table_name"),
         pl.lit(ctx.site_id).alias("site_id"),
-        pl.col(id_col).alias("record_id"),
-        (pl.col("__kept_id") if "__kept_id" in joined.columns else pl.lit(None, pl.String))
+        pl.col(table.id_column).alias("record_id"),
+        (duplicate_of if duplicate_of is not None else pl.lit(None, pl.String))
         .alias("duplicate_of"),
         pl.col(table.time_column).alias("event_at"),
-        pl.col("__reason").alias("reason"),
-        pl.col("payload"),
+        reason.alias("reason"),
+        payload.alias("payload"),
         ctx.window_date.alias("window_date"),
         pl.lit(ctx.run_id).alias("ingest_run_id"),
         pl.lit(ctx.ingested_at).cast(_UTC).alias("ingested_at"),
@@ -475,7 +478,7 @@ _PROFILE_FIELDS: Final = frozenset(
 )
 
 
-def _profile(docs: pl.DataFrame) -> list[pl.Expr]:
+def _profile(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
     store = _col(docs, "store", pl.String())
     default = _col(docs, "defaultProfile", pl.String()).fill_null("Default")
     picked = pl.struct(store.alias("s"), default.alias("d")).map_elements(
@@ -525,3 +528,11 @@ def profile_timezone(profiles: pl.DataFrame) -> str | None:
     if latest.height == 0:
         return None
     return str(latest.sort("valid_from_at").get_column("timezone")[-1])
+
+
+_SHAPERS: Final[dict[str, Callable[[pl.DataFrame, ShapeContext], list[pl.Expr]]]] = {
+    "entries": _entries,
+    "treatments": _treatments,
+    "devicestatus": _devicestatus,
+    "profile": _profile,
+}

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from tasks.contracts import check
 from tasks.errors import NightscoutBadResponse
 from tasks.nightscout import NightscoutClient, RetryPolicy
-from tasks.schemas import raw_table
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, shape
 
@@ -65,8 +64,7 @@ def test_every_entry_is_committed_duplicated_or_rejected(docs: list[dict[str, ob
     except NightscoutBadResponse:
         return  # a clear error, nothing written
     shaped = shape("entries", frame, _ctx())
-    table = raw_table("entries")
-    checked = check("entries", shaped.rows, _ctx(), table.id_column, table.time_column)
+    checked = check("entries", shaped.rows, _ctx())
     accounted = (checked.valid.height + checked.rejects.height + shaped.duplicates.height
                  + shaped.rejects.height)
     assert accounted == frame.height

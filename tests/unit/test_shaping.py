@@ -20,8 +20,7 @@ CTX = ShapeContext("a", "America/Los_Angeles", datetime(2014, 1, 1, tzinfo=UTC),
 
 def _checked(table: str, docs: pl.DataFrame, ctx: ShapeContext = CTX) -> tuple[pl.DataFrame, pl.DataFrame]:
     shaped = shape(table, docs, ctx)
-    t = raw_table(table)
-    c = check(table, shaped.rows, ctx, t.id_column, t.time_column)
+    c = check(table, shaped.rows, ctx)
     return c.valid, pl.concat([shaped.rejects, c.rejects])
 
 
