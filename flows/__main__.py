@@ -170,8 +170,20 @@ def _backfill(args: argparse.Namespace) -> int:
     result = backfill(start=args.start, end=args.end, branch=args.branch,
                       chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
                       max_reject_ratio=args.max_reject_ratio,
-                      promote_to_main=not args.no_promote)
+                      promote_to_main=not args.no_promote,
+                      dbt_node_tasks=not args.plain_dbt)
     print(result)
+    return 0
+
+
+def _register_blocks(args: argparse.Namespace) -> int:
+    from blocks.register import register_blocks
+
+    selectors = register_blocks(prefix=args.prefix)
+    print("saved block documents: " + ", ".join(selectors.values()))
+    print("flows load them when these are set (e.g. in a work pool's job variables):")
+    for variable, name in selectors.items():
+        print(f"  {variable}={name}")
     return 0
 
 
@@ -203,6 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--max-reject-ratio", type=float, default=0.05)
     back.add_argument("--no-promote", action="store_true",
                       help="stop after ingestion and keep the branch")
+    back.add_argument("--plain-dbt", action="store_true",
+                      help="run dbt plainly instead of one Prefect task per dbt node")
     back.set_defaults(run=_backfill)
     for name, help_text in (("build", "dbt build on a branch"),
                             ("validate", "audit a branch"),
@@ -227,6 +241,10 @@ def _parser() -> argparse.ArgumentParser:
     day.add_argument("day", type=date.fromisoformat)
     day.add_argument("--branch")
     day.set_defaults(run=_ingest_day)
+    reg = sub.add_parser("register-blocks",
+                         help="register block types; save the stack's documents from env")
+    reg.add_argument("--prefix", default="cascade", help="document name prefix")
+    reg.set_defaults(run=_register_blocks)
     refs = sub.add_parser("refs", help="list branches and tags")
     refs.set_defaults(run=_refs)
     show = sub.add_parser("show", help="print a table at a ref")

@@ -12,12 +12,16 @@ from tasks.dbt_runner import (
     export_models,
     fresh_build_dir,
     load_sources,
+    model_counts,
     record_build_state,
     run_dbt,
     timed,
+    trino_dbt_environment,
 )
+from tasks.lakehouse import StackLakehouse
 from tasks.runtime import current_lakehouse
 from tasks.settings import load_lakehouse_settings
+from tasks.trino import branch_catalog
 
 
 @task(name="load-dbt-sources", task_run_name="load raw+audit of {branch} into the build")
@@ -39,6 +43,10 @@ def build_branch(branch: str, select: str | None = None,
                  node_tasks: bool = True) -> BuildReport:
     """Run ``dbt build`` on ``branch`` and land every model as an Iceberg table on it.
 
+    Embedded: dbt-duckdb on a build file loaded from the branch, models copied back into
+    Iceberg. Stack: dbt-trino writes the models straight into the branch through a Trino
+    catalog created for it (and dropped afterwards).
+
     Args:
         branch: the branch to build (its raw tables are the sources).
         select: an optional dbt selection (e.g. ``marts``); default: the whole project.
@@ -49,23 +57,33 @@ def build_branch(branch: str, select: str | None = None,
     """
     logger = get_run_logger()
     report = BuildReport(branch)
+    lakehouse = current_lakehouse()
     build_dir = fresh_build_dir(load_lakehouse_settings().home, branch)
-    duckdb_path = build_dir / "cascade_build.duckdb"
-    started = time.perf_counter()
-    sources = _load_sources(branch, str(duckdb_path))
-    timed(report, "load_sources", started)
-    started = time.perf_counter()
     args = ["build"] + (["--select", select] if select else [])
-    results = run_dbt(args, dbt_environment(build_dir, duckdb_path), in_prefect=node_tasks)
-    timed(report, "dbt_build", started)
+    if isinstance(lakehouse, StackLakehouse):
+        sources: dict[str, int] = {}
+        started = time.perf_counter()
+        with branch_catalog(lakehouse.settings, branch) as catalog:
+            env = trino_dbt_environment(build_dir, lakehouse.settings, catalog)
+            results = run_dbt(args, env, in_prefect=node_tasks)
+            timed(report, "dbt_build", started)
+            report.exported = model_counts(lakehouse.settings, catalog)
+    else:
+        duckdb_path = build_dir / "cascade_build.duckdb"
+        started = time.perf_counter()
+        sources = _load_sources(branch, str(duckdb_path))
+        timed(report, "load_sources", started)
+        started = time.perf_counter()
+        results = run_dbt(args, dbt_environment(build_dir, duckdb_path), in_prefect=node_tasks)
+        timed(report, "dbt_build", started)
+        started = time.perf_counter()
+        report.exported = _export(branch, str(duckdb_path))
+        timed(report, "land_in_iceberg", started)
     report.nodes = {r["unique_id"]: r["status"] for r in results}
     report.failures = [f"{r['unique_id']}: {r['status']} {r['message'] or ''}".strip()
                        for r in results if r["status"] in ("error", "fail")]
-    started = time.perf_counter()
-    report.exported = _export(branch, str(duckdb_path))
-    timed(report, "land_in_iceberg", started)
-    record_build_state(build_dir, branch, current_lakehouse().branches.ref(branch).hash)
-    logger.info("built %s: %d sources, %d dbt nodes (%d failed), %d models landed in %s",
-                branch, len(sources), len(report.nodes), len(report.failures),
-                len(report.exported), report.seconds)
+    record_build_state(build_dir, branch, lakehouse.branches.ref(branch).hash)
+    logger.info("built %s on %s: %d sources, %d dbt nodes (%d failed), %d models in %s",
+                branch, lakehouse.profile, len(sources), len(report.nodes),
+                len(report.failures), len(report.exported), report.seconds)
     return report

@@ -7,6 +7,7 @@ the marts. A failure at any step leaves main untouched and the branch kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -21,12 +22,19 @@ from flows.promote import promote
 from flows.publish import publish
 from flows.validate import validate
 from tasks.branches import ensure_branch_task
-from tasks.errors import CascadeError
+from tasks.errors import BranchConflict, CascadeError
 from tasks.ingest import WindowReport, ingest_profile_task, ingest_window_task, utc_midnight
-from tasks.runtime import current_run_id, day_windows, require_source, run_branch_name
+from tasks.runtime import (
+    current_lakehouse,
+    current_run_id,
+    day_windows,
+    require_source,
+    run_branch_name,
+)
 from tasks.settings import load_lakehouse_settings
 
 MAX_CONCURRENCY = 16
+PROMOTE_ATTEMPTS = 3
 
 
 @flow(
@@ -60,22 +68,49 @@ def backfill(
             False, stop after ingestion and leave the branch for inspection.
         dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
     """
-    ingested = _ingest_range(start, end, branch, site_block, chunk_days, max_concurrency,
+    def ingest(target: str | None) -> dict[str, object]:
+        return _ingest_range(start, end, target, site_block, chunk_days, max_concurrency,
                              max_reject_ratio)
+
+    ingested = ingest(branch)
     if not promote_to_main:
         return ingested
-    return {**ingested, **_write_audit_publish(str(ingested["branch"]), dbt_node_tasks)}
+    return _write_audit_publish(ingested, ingest if branch is None else None, dbt_node_tasks)
 
 
-def _write_audit_publish(branch: str, dbt_node_tasks: bool = True) -> dict[str, object]:
-    """build → validate → promote → publish; raises (main untouched) if any step fails."""
-    build = build_branch(branch, node_tasks=dbt_node_tasks)
-    audit = validate(branch)
-    promoted = promote(branch, expected_main_hash=str(audit["main_hash"]))
-    published = publish("main")
-    return {"build_seconds": build.seconds, "models": len(build.exported),
-            "tag": promoted["tag"], "main": promoted["main_after"],
-            "published": published["rows"], "reports": published["reports"]}
+def _write_audit_publish(
+    ingested: dict[str, object],
+    redo: Callable[[str | None], dict[str, object]] | None,
+    dbt_node_tasks: bool = True,
+) -> dict[str, object]:
+    """build → validate → promote → publish; raises (main untouched) if any step fails.
+
+    When main moved under the branch (another run promoted first), the branch is stale:
+    with ``redo``, its range is ingested again onto a fresh branch from the new main
+    (ingestion is idempotent) and the chain re-runs, up to ``PROMOTE_ATTEMPTS`` times.
+    """
+    logger = get_run_logger()
+    for attempt in range(1, PROMOTE_ATTEMPTS + 1):
+        branch = str(ingested["branch"])
+        build = build_branch(branch, node_tasks=dbt_node_tasks)
+        audit = validate(branch)
+        try:
+            promoted = promote(branch, expected_main_hash=str(audit["main_hash"]))
+        except BranchConflict as conflict:
+            if redo is None or attempt == PROMOTE_ATTEMPTS:
+                raise
+            logger.warning("main moved under %s (%s); attempt %d of %d: redoing its range on "
+                           "a fresh branch from main", branch, conflict, attempt + 1,
+                           PROMOTE_ATTEMPTS)
+            current_lakehouse().branches.delete_branch(branch)
+            ingested = redo(None)
+            continue
+        published = publish("main")
+        return {**ingested, "build_seconds": build.seconds, "models": len(build.exported),
+                "tag": promoted["tag"], "main": promoted["main_after"],
+                "published": published["rows"], "reports": published["reports"],
+                "promote_attempts": attempt}
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _ingest_range(start: date, end: date, branch: str | None, site_block: str | None,
@@ -145,9 +180,10 @@ def daily(day: date | None = None, site_block: str | None = None,
     today = datetime.now(UTC).date()
     start, end = day - timedelta(days=1), min(day + timedelta(days=1), today)
     get_run_logger().info("daily %s (%s): UTC days %s..%s", day, timezone, start, end)
-    ingested = _ingest_range(start, end, None, site_block, 3, 1, max_reject_ratio)
-    return {**ingested, "day": str(day),
-            **_write_audit_publish(str(ingested["branch"]), dbt_node_tasks)}
+    def ingest(target: str | None) -> dict[str, object]:
+        return _ingest_range(start, end, target, site_block, 3, 1, max_reject_ratio)
+
+    return {"day": str(day), **_write_audit_publish(ingest(None), ingest, dbt_node_tasks)}
 
 
 def _site_timezone(site_block: str | None) -> str:

@@ -27,6 +27,7 @@ from pyiceberg.expressions import AlwaysTrue
 
 from tasks.errors import CascadeError
 from tasks.lakehouse import TableLayout, replace_rows
+from tasks.settings import StackSettings
 
 __all__ = [
     "DBT_PROJECT_DIR",
@@ -35,8 +36,10 @@ __all__ = [
     "dbt_environment",
     "export_models",
     "load_sources",
+    "model_counts",
     "record_build_state",
     "run_dbt",
+    "trino_dbt_environment",
 ]
 
 logger = logging.getLogger("cascade.dbt")
@@ -79,6 +82,49 @@ def dbt_environment(build_dir: Path, duckdb_path: Path) -> dict[str, str]:
     }
 
 
+def trino_dbt_environment(build_dir: Path, settings: StackSettings,
+                          catalog: str) -> dict[str, str]:
+    """Environment for dbt-trino building into Trino catalog ``catalog`` (a branch's).
+
+    The target follows the credentials: ``trino`` (none), ``trino_password`` or
+    ``trino_jwt``; secrets go to dbt through the environment only, never on a command line.
+    """
+    env = {
+        "DBT_PROJECT_DIR": str(DBT_PROJECT_DIR),
+        "DBT_PROFILES_DIR": str(Path(os.environ.get("DBT_PROFILES_DIR", DBT_PROJECT_DIR))),
+        "DBT_TARGET_PATH": str(build_dir / "target"),
+        "DBT_LOG_PATH": str(build_dir / "logs"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "DBT_TARGET": "trino",
+        "CASCADE_TRINO_HOST": settings.trino_host,
+        "CASCADE_TRINO_PORT": str(settings.trino_port),
+        "CASCADE_TRINO_USER": settings.trino_user,
+        "CASCADE_TRINO_CATALOG": catalog,
+        "CASCADE_TRINO_HTTP_SCHEME": settings.trino_http_scheme,
+    }
+    if settings.trino_password is not None:
+        env.update(DBT_TARGET="trino_password",
+                   CASCADE_TRINO_PASSWORD=settings.trino_password.get_secret_value())
+    elif settings.trino_jwt is not None:
+        env.update(DBT_TARGET="trino_jwt", CASCADE_TRINO_JWT=settings.trino_jwt.get_secret_value())
+    return env
+
+
+def model_counts(settings: StackSettings, catalog: str,
+                 schemas: tuple[str, ...] = MODEL_SCHEMAS) -> dict[str, int]:
+    """Row count of every model table in a Trino catalog (the branch's built layers)."""
+    from tasks.trino import query
+
+    listed = ", ".join(f"'{s}'" for s in schemas)
+    tables = query(settings, "select table_schema, table_name from information_schema.tables "
+                             f"where table_schema in ({listed}) and table_type = 'BASE TABLE' "
+                             "order by 1, 2", catalog)
+    return {f"{schema}.{name}": int(query(settings,
+                                          f'select count(*) from "{schema}"."{name}"',
+                                          catalog)[0][0])
+            for schema, name in tables}
+
+
 def load_sources(catalog: Catalog, duckdb_path: Path) -> dict[str, int]:
     """Fresh build file with every raw/audit table of the branch; returns row counts."""
     if duckdb_path.exists():
@@ -108,7 +154,8 @@ def run_dbt(args: list[str], env: dict[str, str], in_prefect: bool = True) -> li
     """Invoke dbt once (never concurrently in one process); return its node results."""
     os.environ.update(env)
     project = ["--project-dir", env["DBT_PROJECT_DIR"], "--profiles-dir", env["DBT_PROFILES_DIR"],
-               "--target-path", env["DBT_TARGET_PATH"], "--log-path", env["DBT_LOG_PATH"]]
+               "--target-path", env["DBT_TARGET_PATH"], "--log-path", env["DBT_LOG_PATH"],
+               "--target", env.get("DBT_TARGET", "duckdb")]
     if in_prefect:
         from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 

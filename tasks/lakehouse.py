@@ -42,18 +42,26 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
-from tasks.settings import LakehouseSettings, load_lakehouse_settings
+from tasks.nessie import NessieBranchCatalog
+from tasks.settings import (
+    LakehouseSettings,
+    StackSettings,
+    load_lakehouse_settings,
+    load_stack_settings,
+)
 from tasks.shaping import DUPLICATES_SCHEMA, REJECTS_SCHEMA
 
 __all__ = [
     "AUDIT_TABLES",
     "INGEST_LOG_SCHEMA",
     "Lakehouse",
+    "StackLakehouse",
     "TableLayout",
     "embedded_lakehouse",
     "read_table",
     "replace_rows",
     "site_window",
+    "stack_lakehouse",
 ]
 
 logger = logging.getLogger("cascade.lakehouse")
@@ -103,6 +111,9 @@ class Lakehouse(Protocol):
     """What the flows need from a lakehouse profile: branches and catalogs at refs."""
 
     @property
+    def profile(self) -> str: ...
+
+    @property
     def branches(self) -> BranchCatalog: ...
 
     def describe(self) -> str: ...
@@ -114,9 +125,30 @@ class EmbeddedLakehouse:
 
     settings: LakehouseSettings
     branches: EmbeddedBranchCatalog
+    profile: str = "embedded"
 
     def describe(self) -> str:
         return f"embedded lakehouse at {self.settings.home}"
+
+
+@dataclass(frozen=True)
+class StackLakehouse:
+    """The stack profile: branches in Nessie, Iceberg files in S3 (MinIO), dbt on Trino."""
+
+    settings: StackSettings
+    branches: NessieBranchCatalog
+    profile: str = "stack"
+
+    def describe(self) -> str:
+        return (f"stack lakehouse: Nessie at {self.settings.nessie_uri}, "
+                f"warehouse s3://{self.settings.bucket} at {self.settings.s3_endpoint}")
+
+
+@lru_cache(maxsize=1)
+def stack_lakehouse() -> StackLakehouse:
+    """The stack lakehouse from blocks or environment (one instance per process)."""
+    settings = load_stack_settings()
+    return StackLakehouse(settings, NessieBranchCatalog(settings))
 
 
 @lru_cache(maxsize=8)

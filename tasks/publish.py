@@ -48,7 +48,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from tasks.errors import PublishError
-from tasks.settings import LakehouseSettings, load_lakehouse_settings
+from tasks.settings import LakehouseSettings, load_lakehouse_settings, marts_url_from_env
 
 __all__ = [
     "PUBLISH_LOG",
@@ -106,6 +106,14 @@ def marts_connector(
     block_name = block_name or os.environ.get("CASCADE_MARTS_BLOCK", "").strip() or None
     if block_name:
         return SqlAlchemyConnector.load(block_name)
+    if os.environ.get("CASCADE_PROFILE", "").strip() == "stack":
+        url = marts_url_from_env()
+        if url is None:
+            raise PublishError(
+                "stack profile: no marts database configured: set CASCADE_MARTS_BLOCK to a "
+                "sqlalchemy-connector block, or POSTGRES_HOST/_USER/_PASSWORD (stack.env)"
+            )
+        return SqlAlchemyConnector(connection_info=url)
     path = (settings or load_lakehouse_settings()).marts_path
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqlAlchemyConnector(

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 from tasks.errors import ConfigError
-from tasks.lakehouse import Lakehouse, embedded_lakehouse
+from tasks.lakehouse import Lakehouse, embedded_lakehouse, stack_lakehouse
 from tasks.settings import NightscoutSettings, load_nightscout_settings
 
 __all__ = ["current_lakehouse", "current_run_id", "day_windows", "require_source", "run_branch_name"]
@@ -22,9 +22,10 @@ def current_lakehouse() -> Lakehouse:
     profile = os.environ.get("CASCADE_PROFILE", "embedded").strip() or "embedded"
     if profile == "embedded":
         return embedded_lakehouse()
+    if profile == "stack":
+        return stack_lakehouse()
     raise ConfigError(
-        f"CASCADE_PROFILE={profile!r} is not available yet: only 'embedded' runs today "
-        "(the stack profile is being built; see docs/index.md)"
+        f"CASCADE_PROFILE={profile!r} is unknown: use 'embedded' (default) or 'stack'"
     )
 
 
