@@ -14,6 +14,7 @@ Nessie becomes the same ``BranchConflict`` the embedded profile raises.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -257,8 +258,14 @@ class _Conflict(Exception):
         self.body = body
 
     def keys(self) -> list[str]:
+        """The conflicting table keys: from the error details, else from the message
+        (Nessie 0.108 names them there: "... changed in conflict: 'raw.entries', ...")."""
         conflicts = (self.body.get("errorDetails") or {}).get("conflicts") or []
         keys = {".".join(c.get("key", {}).get("elements", [])) for c in conflicts}
+        if not any(keys):
+            message = str(self.body.get("message", ""))
+            _, _, listed = message.partition("in conflict:")
+            keys = set(re.findall(r"'([^']+)'", listed))
         return sorted(k for k in keys if k)
 
 

@@ -27,8 +27,8 @@ __all__ = [
 
 # The Trino server's environment holds the warehouse keys under these names
 # (scripts/stack.py and docker-compose.yml set them).
-S3_KEY_ENV: Final = "CASCADE_S3_ACCESS_KEY"
-S3_SECRET_ENV: Final = "CASCADE_S3_SECRET_KEY"
+S3_KEY_ENV: Final = "MINIO_ROOT_USER"
+S3_SECRET_ENV: Final = "MINIO_ROOT_PASSWORD"
 _UNSAFE: Final = re.compile(r"[^a-z0-9_]+")
 
 

@@ -64,7 +64,7 @@ def test_trino_catalog_names_are_sql_identifiers() -> None:
 def test_trino_catalog_properties_name_keys_not_values(stack_vars: dict[str, str]) -> None:
     props = _catalog_properties(load_stack_settings(), "run-x")
     assert props["iceberg.rest-catalog.prefix"] == "run-x"
-    assert props["s3.aws-secret-key"] == "${ENV:CASCADE_S3_SECRET_KEY}"
+    assert props["s3.aws-secret-key"] == "${ENV:MINIO_ROOT_PASSWORD}"
     assert "minio-secret-1" not in str(props)
 
 

@@ -1,0 +1,118 @@
+"""The Nessie branch backend against the real Nessie: the same contract as the embedded one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import polars as pl
+import pytest
+
+from tasks.branches import MAIN
+from tasks.errors import BranchConflict, BranchError, BranchExists, BranchNotFound
+from tasks.lakehouse import TableLayout, read_table, replace_rows, stack_lakehouse
+from tasks.nessie import NessieBranchCatalog
+
+pytestmark = pytest.mark.stack
+
+SCHEMA = pl.Schema({"site_id": pl.String(), "n": pl.Int64()})
+
+
+@pytest.fixture
+def nessie(stack_env: dict[str, str]) -> Iterator[tuple[NessieBranchCatalog, str]]:
+    """The backend, a namespace of this test's own on main, and clean-up of its refs."""
+    branches = stack_lakehouse().branches
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"contract_{suffix}"
+    branches.catalog(MAIN).create_namespace(namespace)
+    yield branches, namespace
+    for ref in branches.list_refs():
+        if suffix in ref.name:
+            branches.delete_branch(ref.name)
+    catalog = branches.catalog(MAIN)
+    for table in catalog.list_tables(namespace):
+        catalog.drop_table(table)
+    catalog.drop_namespace(namespace)
+
+
+def _write(branches: NessieBranchCatalog, ref: str, table: str, rows: list[int]) -> None:
+    frame = pl.DataFrame({"site_id": ["x"] * len(rows), "n": rows}, schema=SCHEMA)
+    from pyiceberg.expressions import AlwaysTrue
+
+    replace_rows(branches.catalog(ref), TableLayout(table, SCHEMA, None, ""), frame, AlwaysTrue())
+
+
+def _rows(branches: NessieBranchCatalog, ref: str, table: str) -> list[int]:
+    return sorted(read_table(branches.catalog(ref), table).get_column("n").to_list())
+
+
+def test_branch_isolation_diff_merge_tag_reset(nessie: tuple[NessieBranchCatalog, str]) -> None:
+    branches, ns = nessie
+    suffix = ns.removeprefix("contract_")
+    table = f"{ns}.t"
+    _write(branches, MAIN, table, [1, 2])
+    branch = branches.create_branch(f"b-{suffix}")
+    assert branch.kind == "branch" and branch.hash == branches.ref(MAIN).hash
+    with pytest.raises(BranchExists):
+        branches.create_branch(f"b-{suffix}")
+
+    _write(branches, branch.name, table, [1, 2, 3])
+    assert _rows(branches, MAIN, table) == [1, 2]  # main does not see the branch
+    changes = branches.diff(branch.name)
+    assert [(c.table, c.kind) for c in changes] == [(table, "changed")]
+
+    main_before = branches.ref(MAIN).hash
+    tag = f"t-{suffix}"
+    result = branches.merge(branch.name, expected_hash=main_before, tag=tag)
+    assert result.tables == [table]
+    assert result.hash_before == main_before != result.hash_after
+    assert branches.ref(MAIN).hash == result.hash_after == branches.ref(tag).hash
+    assert _rows(branches, MAIN, table) == [1, 2, 3]
+    assert branches.history(MAIN)[0]["hash"] == result.hash_after
+
+    # undo: reset main to the state before the merge, via a ref at that commit
+    before = branches.tag(f"before-{suffix}", f"{MAIN}@{main_before}")
+    branches.reset(MAIN, before.name)
+    assert _rows(branches, MAIN, table) == [1, 2]
+    assert _rows(branches, tag, table) == [1, 2, 3]  # the tag never moved
+    branches.reset(MAIN, tag)
+    assert _rows(branches, MAIN, table) == [1, 2, 3]
+
+
+def test_conflicts_refuse_and_leave_main_unchanged(nessie: tuple[NessieBranchCatalog, str]) -> None:
+    branches, ns = nessie
+    suffix = ns.removeprefix("contract_")
+    table = f"{ns}.t"
+    _write(branches, MAIN, table, [1])
+    one = branches.create_branch(f"one-{suffix}").name
+    two = branches.create_branch(f"two-{suffix}").name
+    _write(branches, one, table, [1, 10])
+    _write(branches, two, table, [1, 20])
+    seen = branches.ref(MAIN).hash
+    branches.merge(one, expected_hash=seen)
+    after_one = branches.ref(MAIN).hash
+    with pytest.raises(BranchConflict):  # main moved since validation
+        branches.merge(two, expected_hash=seen)
+    with pytest.raises(BranchConflict) as conflict:  # same table changed on both sides
+        branches.merge(two)
+    assert table in conflict.value.tables
+    assert branches.ref(MAIN).hash == after_one
+    assert _rows(branches, MAIN, table) == [1, 10]
+
+
+def test_refs_errors_are_clear(nessie: tuple[NessieBranchCatalog, str]) -> None:
+    branches, ns = nessie
+    suffix = ns.removeprefix("contract_")
+    with pytest.raises(BranchNotFound, match="no-such"):
+        branches.ref(f"no-such-{suffix}")
+    with pytest.raises(BranchError, match="refusing to delete main"):
+        branches.delete_branch(MAIN)
+    with pytest.raises(BranchError, match="invalid branch"):
+        branches.create_branch("bad name!")
+    tag = branches.tag(f"tag-{suffix}")
+    with pytest.raises(BranchError, match="tags never move"):
+        branches.merge(MAIN, into=tag.name)
+    names = [r.name for r in branches.list_refs()]
+    assert names[0] == MAIN and tag.name in names
+    branches.delete_branch(tag.name)
+    assert tag.name not in {r.name for r in branches.list_refs()}
