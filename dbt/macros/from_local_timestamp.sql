@@ -11,6 +11,7 @@
     timezone({{ tz }}, cast({{ ts }} as timestamp))
 {%- endmacro %}
 
+{# Trino keeps the zone on the value; normalise to UTC as the other engines do. #}
 {% macro trino__from_local_timestamp(ts, tz) -%}
-    with_timezone(cast({{ ts }} as timestamp(6)), {{ tz }})
+    at_timezone(with_timezone(cast({{ ts }} as timestamp(6)), {{ tz }}), 'UTC')
 {%- endmacro %}
