@@ -3,6 +3,7 @@
 
     python3 scripts/cascade.py demo [args]   # the pipeline on the embedded profile
     python3 scripts/cascade.py test [args]   # the test suite (pytest)
+    python3 scripts/cascade.py stack up|down|status   # the real services (scripts/stack.py)
     python3 scripts/cascade.py <anything>    # python -m flows <anything>
 
 It installs uv (pinned) into ./.cascade-tools when uv is not already on PATH, creates the
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
     run = [uv, "run", "--frozen", "--no-sync"]
     if command == "test":
         args = [*run, "pytest", *rest]
+    elif command == "stack":
+        args = [*run, "python", str(ROOT / "scripts" / "stack.py"), *rest]
     else:
         args = [*run, "python", "-m", "flows", command, *rest]
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ}
