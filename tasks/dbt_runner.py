@@ -151,8 +151,24 @@ def _tables(catalog: Catalog, namespace: str) -> list[tuple[str, ...]]:
 
 
 def run_dbt(args: list[str], env: dict[str, str], in_prefect: bool = True) -> list[dict[str, Any]]:
-    """Invoke dbt once (never concurrently in one process); return its node results."""
+    """Invoke dbt once (never concurrently in one process); return its node results.
+
+    ``env`` is applied to the process environment for the invocation only (dbt reads its
+    profile's ``env_var()``s from there) and restored afterwards.
+    """
+    saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    try:
+        return _invoke_dbt(args, env, in_prefect)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _invoke_dbt(args: list[str], env: dict[str, str], in_prefect: bool) -> list[dict[str, Any]]:
     project = ["--project-dir", env["DBT_PROJECT_DIR"], "--profiles-dir", env["DBT_PROFILES_DIR"],
                "--target-path", env["DBT_TARGET_PATH"], "--log-path", env["DBT_LOG_PATH"],
                "--target", env.get("DBT_TARGET", "duckdb")]

@@ -69,24 +69,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=f"stack not running: {problem}"))
 
 
-@pytest.fixture(scope="session")
-def stack_env() -> Iterator[dict[str, str]]:
-    """The stack's variables applied to this process (and restored afterwards)."""
+@pytest.fixture
+def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The stack's variables and Prefect server for one test (nothing leaks past it)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tasks.lakehouse import stack_lakehouse
 
     env = read_env_file(STACK_ENV)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     stack_lakehouse.cache_clear()
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     stack_lakehouse.cache_clear()
 
 

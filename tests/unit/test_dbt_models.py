@@ -320,4 +320,6 @@ def test_trino_target_compiles(tmp_path: Path) -> None:
     )
     compiled = tmp_path / "target" / "compiled" / "cascade" / "models"
     agp = (compiled / "marts" / "mrt_agp_hourly.sql").read_text()
-    assert "approx_percentile" in agp
+    # exact interpolated percentiles from the sorted values (not approx_percentile)
+    assert "array_sort(array_agg(" in agp and "element_at(" in agp
+    assert "approx_percentile" not in agp
