@@ -1,0 +1,120 @@
+"""Cascade's side of the suite: each function is one timed run, in its own process.
+
+The plain functions the Prefect tasks wrap (no orchestrator), as bench/ingest_year.py
+does. Each returns a dict of figures: ``seconds`` covers the work only (not the imports
+or the process start), ``peak_rss_mib`` the process's high-water mark.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ingest_sites", "peak_rss_mib", "shape_and_check", "table_hygiene"]
+
+
+def peak_rss_mib() -> float:
+    """High-water resident memory of this process or any child it waited for, MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024  # KiB on Linux
+
+
+def table_hygiene(catalog: Any, namespaces: tuple[str, ...] = ("raw", "audit")) -> list[dict]:
+    """Snapshots, data files and average data-file size of every table in ``namespaces``."""
+    out = []
+    for ns in namespaces:
+        for ident in sorted(catalog.list_tables(ns)):
+            table = catalog.load_table(ident)
+            sizes = table.inspect.files().column("file_size_in_bytes").to_pylist()
+            out.append({"table": ".".join(ident), "snapshots": len(table.snapshots()),
+                        "data_files": len(sizes),
+                        "avg_file_kib": sum(sizes) / max(1, len(sizes)) / 1024})
+    return out
+
+
+def _window(settings: Any, catalog: Any, timezone: str, lo: datetime, hi: datetime) -> int:
+    from tasks.ingest import ingest_window
+    from tasks.nightscout import NightscoutClient
+    from tasks.shaping import ShapeContext
+
+    ctx = ShapeContext(settings.site_id, timezone, lo, hi, "bench", datetime.now(UTC))
+    with NightscoutClient(settings) as client:
+        return ingest_window(client, catalog, ctx).committed
+
+
+def _ingest_site(settings: Any, catalog: Any, windows: list[tuple[datetime, datetime]],
+                 workers: int) -> int:
+    """Profiles, then every window (``workers`` in flight, as the backfill flow runs them)."""
+    from tasks.ingest import ingest_profiles, resolve_timezone
+    from tasks.nightscout import NightscoutClient
+    from tasks.shaping import ShapeContext
+
+    now = datetime.now(UTC)
+    with NightscoutClient(settings) as client:
+        profiles = ingest_profiles(client, catalog, ShapeContext(
+            settings.site_id, "UTC", now, now, "bench", now))
+    timezone = resolve_timezone(None, profiles)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = pool.map(lambda w: _window(settings, catalog, timezone, *w), windows)
+        return sum(done)
+
+
+def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
+    """Ingest ``days`` days of every site in ``spec["sites"]`` into a fresh lakehouse.
+
+    ``spec``: sites ([{"site_id", "url"}]), secret, end (ISO date, last day), days,
+    chunk_days, workers, home (an empty directory).
+    """
+    from pydantic import SecretStr
+
+    from tasks.branches import EmbeddedBranchCatalog
+    from tasks.ingest import utc_midnight
+    from tasks.runtime import day_windows
+    from tasks.settings import NightscoutSettings
+
+    home = Path(spec["home"])
+    catalog = EmbeddedBranchCatalog(home / "catalog.db", home / "warehouse").catalog("main")
+    end = datetime.fromisoformat(spec["end"]).date()
+    days = day_windows(end - timedelta(days=spec["days"] - 1), end, spec["chunk_days"])
+    windows = [(utc_midnight(lo), utc_midnight(hi)) for lo, hi in days]
+    started, rows = time.perf_counter(), 0
+    for site in spec["sites"]:
+        settings = NightscoutSettings(site["url"], site["site_id"], SecretStr(spec["secret"]))
+        rows += _ingest_site(settings, catalog, windows, spec["workers"])
+    seconds = time.perf_counter() - started
+    hygiene = table_hygiene(catalog) if spec.get("hygiene") else []
+    return {"seconds": seconds, "rows": rows, "peak_rss_mib": peak_rss_mib(),
+            "windows": len(windows), "hygiene": hygiene}
+
+
+def shape_and_check(spec: dict[str, Any]) -> dict[str, Any]:
+    """Shape + contract of pre-fetched entries (a Parquet file of the client's frame).
+
+    Runs on one core: the process is pinned to one CPU and Polars to one thread (the
+    caller sets ``POLARS_MAX_THREADS=1`` before Polars is imported).
+    """
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import polars as pl
+
+    from tasks.contracts import check
+    from tasks.shaping import ShapeContext, shape
+
+    docs = pl.read_parquet(spec["parquet"])
+    ctx = ShapeContext(spec["site_id"], spec["timezone"],
+                       datetime.fromisoformat(spec["start"]), datetime.fromisoformat(spec["end"]),
+                       "bench", datetime.now(UTC))
+    t0 = time.perf_counter()
+    shaped = shape("entries", docs, ctx)
+    t1 = time.perf_counter()
+    checked = check("entries", shaped.rows, ctx)
+    t2 = time.perf_counter()
+    return {"seconds": t2 - t0, "rows": docs.height, "peak_rss_mib": peak_rss_mib(),
+            "shape_s": t1 - t0, "contract_s": t2 - t1, "valid": checked.valid.height,
+            "polars_threads": pl.thread_pool_size()}

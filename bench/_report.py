@@ -1,0 +1,231 @@
+"""Statistics, machine facts and rendering (markdown and JSON) of a benchmark-suite run.
+
+Pure functions over plain dicts, so they are tested on tiny inputs without running any
+benchmark. One *figure* is one measured thing (a benchmark, a system, a size) with the
+samples of its repeated runs::
+
+    {"benchmark": "ingest", "system": "cascade", "size": "365 d", "rows": 220960,
+     "seconds": [16.1, 15.8, 16.4], "peak_rss_mib": [612.0, 615.2, 610.9], "extra": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "LIBRARIES",
+    "Summary",
+    "figure_row",
+    "machine_facts",
+    "ratios",
+    "render_markdown",
+    "summarise",
+    "target_rows",
+    "to_json",
+]
+
+LIBRARIES: Final = ("polars", "pandera", "pyarrow", "pyiceberg", "httpx", "prefect", "dlt")
+Figure = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Min, median and max of a figure's samples, and how many runs they come from."""
+
+    runs: int
+    min: float
+    median: float
+    max: float
+
+
+def summarise(samples: list[float]) -> Summary:
+    """Summarise repeated measurements.
+
+    Raises:
+        ValueError: no samples.
+    """
+    if not samples:
+        raise ValueError("no samples to summarise")
+    return Summary(len(samples), min(samples), statistics.median(samples), max(samples))
+
+
+def _per_second(rows: int, seconds: float) -> float:
+    return rows / seconds if seconds > 0 else float("nan")
+
+
+def figure_row(figure: Figure) -> dict[str, Any]:
+    """The summary of one figure: seconds min/median, rows/s at both, peak memory max."""
+    secs = summarise(figure["seconds"])
+    row: dict[str, Any] = {
+        "benchmark": figure["benchmark"], "system": figure["system"], "size": figure["size"],
+        "rows": figure.get("rows", 0), "runs": secs.runs,
+        "seconds_min": secs.min, "seconds_median": secs.median,
+        "rows_per_s_best": _per_second(figure.get("rows", 0), secs.min),
+        "rows_per_s_median": _per_second(figure.get("rows", 0), secs.median),
+    }
+    if figure.get("peak_rss_mib"):
+        row["peak_rss_mib_max"] = max(figure["peak_rss_mib"])
+    return row
+
+
+def ratios(figures: list[Figure], benchmark: str = "ingest") -> list[dict[str, Any]]:
+    """Cascade's median rows/s over dlt's, per size where both were measured."""
+    rows = [figure_row(f) for f in figures if f["benchmark"] == benchmark]
+    by_size: dict[str, dict[str, float]] = {}
+    for row in rows:
+        by_size.setdefault(row["size"], {})[row["system"]] = row["rows_per_s_median"]
+    return [
+        {"size": size, "cascade": pair["cascade"], "dlt": pair["dlt"],
+         "ratio": pair["cascade"] / pair["dlt"] if pair["dlt"] else float("nan")}
+        for size, pair in by_size.items() if {"cascade", "dlt"} <= pair.keys()
+    ]
+
+
+def target_rows(figures: list[Figure]) -> list[dict[str, Any]]:
+    """Issue 6's targets against what this run measured (those it measured)."""
+    out: list[dict[str, Any]] = []
+    ingest = ratios(figures)
+    if ingest:
+        worst = min(ingest, key=lambda r: r["ratio"])
+        out.append({"target": "ingestion >= 10x dlt rows/s", "goal": 10.0,
+                    "measured": worst["ratio"], "met": worst["ratio"] >= 10.0,
+                    "note": f"lowest ratio, at {worst['size']}"})
+    for f in figures:
+        if f["benchmark"] == "shape+contract":
+            speed = figure_row(f)["rows_per_s_median"]
+            out.append({"target": "shaping+contract >= 1M rows/s on one core", "goal": 1e6,
+                        "measured": speed, "met": speed >= 1e6, "note": f["size"]})
+    for f in figures:
+        if f["benchmark"] == "scale" and f["size"].startswith("100 "):
+            peak = max(f["peak_rss_mib"])
+            out.append({"target": "100 site-years peak memory < 2 GB", "goal": 2048.0,
+                        "measured": peak, "met": peak < 2048.0, "note": "MiB"})
+    return out
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict[str, Any]:
+    """Cores, memory, CPU, load average now, Python and the libraries' versions."""
+    return {
+        "cores": os.cpu_count(), "memory_gib": round(_memory_gib(), 1), "cpu": _cpu_model(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {name: _version(name) for name in LIBRARIES},
+    }
+
+
+def to_json(result: dict[str, Any]) -> str:
+    """The run as JSON: meta, raw samples, summaries, ratios and targets."""
+    figures = result["figures"]
+    full = {**result, "summary": [figure_row(f) for f in figures],
+            "ratios": ratios(figures), "targets": target_rows(figures)}
+    return json.dumps(full, indent=2, default=_plain) + "\n"
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Summary):
+        return asdict(value)
+    return str(value)
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _figures_table(figures: list[Figure]) -> list[str]:
+    lines = [("| benchmark | system | size | rows | runs | min s | median s | rows/s (best) "
+             "| rows/s (median) | peak MiB |"),
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in figures:
+        r = figure_row(f)
+        peak = _num(r["peak_rss_mib_max"]) if "peak_rss_mib_max" in r else "—"
+        lines.append(
+            f"| {r['benchmark']} | {r['system']} | {r['size']} | {r['rows']:,} | {r['runs']} "
+            f"| {r['seconds_min']:.2f} | {r['seconds_median']:.2f} "
+            f"| {_num(r['rows_per_s_best'])} | {_num(r['rows_per_s_median'])} | {peak} |")
+    return lines
+
+
+def _ratio_table(figures: list[Figure]) -> list[str]:
+    rows = ratios(figures)
+    if not rows:
+        return []
+    lines = ["", "| ingestion | Cascade rows/s | dlt rows/s | Cascade ÷ dlt |",
+             "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['size']} | {_num(r['cascade'])} | {_num(r['dlt'])} | {r['ratio']:.2f}x |"
+              for r in rows]
+    return lines
+
+
+def _target_table(figures: list[Figure]) -> list[str]:
+    rows = target_rows(figures)
+    if not rows:
+        return []
+    lines = ["", "| target | measured | met |", "| --- | ---: | --- |"]
+    for r in rows:
+        shown = f"{r['measured']:.2f}x" if "dlt" in r["target"] else _num(r["measured"])
+        lines.append(f"| {r['target']} | {shown} ({r['note']}) | {'yes' if r['met'] else 'no'} |")
+    return lines
+
+
+def _hygiene_table(hygiene: dict[str, list[dict[str, Any]]]) -> list[str]:
+    if not hygiene:
+        return []
+    lines = ["", "| system | table | snapshots | data files | avg file KiB |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for system, tables in hygiene.items():
+        lines += [f"| {system} | {t['table']} | {t['snapshots']} | {t['data_files']} "
+                  f"| {t['avg_file_kib']:.1f} |" for t in tables]
+    return lines
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The run as markdown: machine line, figures, ratios, targets and Iceberg hygiene."""
+    meta = result["meta"]
+    machine = meta["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    load = " → ".join("/".join(f"{x:.2f}" for x in la)
+                      for la in (machine["load_average"], meta.get("load_average_end")) if la)
+    head = [(f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu']}; "
+            f"load average (1/5/15 min) {load}; Python {machine['python']}; {versions}; "
+            f"{meta['started_at']}, {meta.get('wall_s', 0):.0f} s in all."), ""]
+    body = (_figures_table(result["figures"]) + _ratio_table(result["figures"])
+            + _target_table(result["figures"]) + _hygiene_table(result.get("hygiene", {})))
+    notes = [f"- {n}" for n in result.get("notes", [])]
+    return "\n".join(head + body + ([""] + notes if notes else [])) + "\n"
