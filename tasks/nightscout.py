@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import random
 import time
@@ -254,7 +255,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _parse_documents(response: httpx.Response, where: str) -> pl.DataFrame:
     """Parse a JSON array of documents with Polars; anything else is a clear error."""
-    body = response.content
+    body = response.content.removeprefix(_UTF8_BOM)
     stripped = body.lstrip()
     if not stripped.startswith(b"["):
         kind = response.headers.get("content-type", "unknown content type")
@@ -266,15 +267,57 @@ def _parse_documents(response: httpx.Response, where: str) -> pl.DataFrame:
     if stripped.rstrip() == b"[]":
         return pl.DataFrame()
     try:
-        frame = pl.read_json(io.BytesIO(body), infer_schema_length=None)
+        body.decode("utf-8")  # Polars would let some broken bytes through into the rows
+        try:
+            frame = pl.read_json(io.BytesIO(body), infer_schema_length=None)
+        except (pl.exceptions.PolarsError, ValueError):
+            frame = _read_uneven(body)  # valid JSON whose documents disagree on a field's type
+        if frame.width == 0:
+            frame = _read_uneven(body)  # only empty documents: Polars may lose them
     except (pl.exceptions.PolarsError, ValueError) as exc:  # all mean: not the JSON we expect
         raise NightscoutBadResponse(
             f"Nightscout answered {where} with a body that is not valid JSON documents "
             f"({type(exc).__name__}: {str(exc)[:160]}); nothing was written for this window"
         ) from None
-    if frame.width == 0 and frame.height > 0:
-        raise NightscoutBadResponse(f"Nightscout answered {where} with an array of non-objects")
     return frame
+
+
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _read_uneven(body: bytes) -> pl.DataFrame:
+    """Documents whose fields disagree on type across documents (an object in one, a number
+    in another): each such field is read on its own, and kept as JSON text if it still
+    cannot be one column. The rare slow path; the usual body never comes here.
+
+    Raises:
+        ValueError: the body is not a JSON array of objects.
+    """
+    docs = json.loads(body, parse_constant=_refuse_constant)
+    if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+        raise ValueError("an array holding something other than JSON objects")
+    keys = list(dict.fromkeys(k for d in docs for k in d))
+    if not keys:
+        return pl.DataFrame(height=len(docs))  # documents without a single field
+    return pl.DataFrame([_read_field(key, [d.get(key) for d in docs]) for key in keys])
+
+
+def _read_field(key: str, values: list[object]) -> pl.Series:
+    """One field of every document as a column; as JSON text if its types cannot mix."""
+    rows = json.dumps([{key: v} for v in values], separators=(",", ":")).encode()
+    try:
+        column = pl.read_json(io.BytesIO(rows), infer_schema_length=None)
+        if column.height == len(values) and column.columns == [key]:
+            return column.to_series()
+    except (pl.exceptions.PolarsError, ValueError):
+        pass
+    text = [v if v is None or isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+            for v in values]
+    return pl.Series(key, text, pl.String())
 
 
 def _time_is(spec: Collection, value: int | str) -> pl.Expr:

@@ -137,8 +137,20 @@ def _iso_to_utc(docs: pl.DataFrame, name: str) -> pl.Expr:
 
 
 def _utc_text(text: pl.Expr) -> pl.Expr:
-    """ISO-8601 text with any offset (or ``Z``) as a UTC timestamp; null if unparsable."""
-    return text.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+    """ISO-8601 text with any offset (or ``Z``) as a UTC timestamp; null if unparsable.
+
+    The formats are explicit: without one, Polars infers it from the first value and
+    raises when it cannot, so a single odd ``created_at`` would fail the whole window.
+    Text without an offset is read as UTC.
+    """
+    return pl.coalesce(
+        text.str.to_datetime(_ISO_OFFSET, time_zone="UTC", strict=False, time_unit="us"),
+        text.str.to_datetime(_ISO_NAIVE, time_zone="UTC", strict=False, time_unit="us"),
+    )
+
+
+_ISO_OFFSET: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
+_ISO_NAIVE: Final = "%Y-%m-%dT%H:%M:%S%.f"
 
 
 def _epoch_to_utc(docs: pl.DataFrame, name: str) -> pl.Expr:
@@ -195,9 +207,25 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
         fields.append(pl.struct(uncast).alias("_uncast"))
     if not fields:
         return pl.lit("{}")
-    encoded = pl.struct(fields).struct.json_encode()
-    return (encoded.str.replace_all(r'"[^"]*":null,?', "").str.replace_all(r'"_uncast":\{\},?', "")
-            .str.replace_all(r",}", "}"))
+    return _drop_null_members(pl.struct(fields).struct.json_encode())
+
+
+# A member name in encoded JSON: a quoted string, escapes included. A quote that follows
+# ``{`` or ``,`` always opens a member name (inside a string a quote is escaped), so these
+# patterns never match inside a value, whatever text the uploader sent.
+_NAME: Final = r'"(?:[^"\\]|\\.)*"'
+_EMPTY: Final = rf"(?:{_NAME}:null|\"_uncast\":\{{\}})"
+
+
+def _drop_null_members(encoded: pl.Expr) -> pl.Expr:
+    """Remove ``"name":null`` members (and an ``_uncast`` left empty) from JSON objects."""
+    for _ in range(2):  # the second round removes an ``_uncast`` whose members were all null
+        encoded = (
+            encoded.str.replace_all(rf"([{{,])(?:{_EMPTY},)+", "${1}")  # followed by a member
+            .str.replace_all(rf"(?:,{_EMPTY})+}}", "}")  # the last members of an object
+            .str.replace_all(rf"\{{{_EMPTY}}}", "{}")  # the only member
+        )
+    return encoded
 
 
 def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr:
