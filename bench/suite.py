@@ -363,9 +363,8 @@ def plot_scaling(figures: list[dict], path: Path) -> bool:
 
 
 def _write(result: dict[str, Any], args: argparse.Namespace) -> str:
-    if plot_scaling(result["figures"], args.plot):
-        result["notes"].append(f"scaling plot: {args.plot.relative_to(REPO)}"
-                               if args.plot.is_relative_to(REPO) else f"scaling plot: {args.plot}")
+    """Write markdown, JSON and the plot as they stand (after each benchmark, and at the end)."""
+    plot_scaling(result["figures"], args.plot)
     markdown = render_markdown(result)
     for path, text in ((args.out_md, markdown), (args.out_json, to_json(result))):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -389,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only:
             print(f"{name} …", flush=True)
             _RUNNERS[name](sim, args, Path(tmp), result)
+            _write(result, args)
+    if "scale" in args.only:
+        result["notes"].append(f"scaling plot: {args.plot}")
     result["meta"]["wall_s"] = time.perf_counter() - started
     result["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print("\n" + _write(result, args))
