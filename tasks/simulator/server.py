@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,6 +99,7 @@ class Fault:
     delay_s: float = 0.0
     path: str | None = None
     remaining: int = 1
+    reset: bool = False
 
     def matches(self, path: str, site_path: str) -> bool:
         """Whether this fault applies to a request for ``path`` (full or site-relative)."""
@@ -109,6 +112,7 @@ class _Response:
     body: bytes
     content_type: str = "application/json; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
+    reset: bool = False  # send half the body, then reset the connection
 
 
 @dataclass(frozen=True)
@@ -365,9 +369,19 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in response.headers:
                 self.send_header(name, value)
             self.end_headers()
+            if response.reset:
+                self._reset_mid_body(response.body)
+                return
             self.wfile.write(response.body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test): nothing to do
+
+    def _reset_mid_body(self, body: bytes) -> None:
+        """Write half of ``body`` (Content-Length says all of it), then send a TCP reset."""
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: requests go to ``request_log`` and debug logging instead of stderr."""
@@ -471,9 +485,14 @@ class SimulatorServer:
         delay_s: float = 0.0,
         times: int = 1,
         path: str | None = None,
+        reset: bool = False,
     ) -> Fault:
-        """Queue a fault for the next ``times`` requests (under ``path``, if given)."""
-        fault = Fault(status, body, content_type, retry_after, truncate, delay_s, path, times)
+        """Queue a fault for the next ``times`` requests (under ``path``, if given).
+
+        ``reset`` answers normally but resets the connection half-way through the body.
+        """
+        fault = Fault(status, body, content_type, retry_after, truncate, delay_s, path, times,
+                      reset)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -504,6 +523,9 @@ class SimulatorServer:
         response = self._fault_response(fault)
         if response is None:
             response = self._answer(site, site_path, query, headers)
+            if fault is not None and fault.reset:
+                response = _Response(response.status, response.body, response.content_type,
+                                     response.headers, reset=True)
             if fault is not None and fault.truncate:
                 response = _Response(
                     response.status,
