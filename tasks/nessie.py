@@ -32,6 +32,8 @@ __all__ = ["NessieBranchCatalog"]
 logger = logging.getLogger("cascade.nessie")
 
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+# the hash of a branch with no commits yet (a fresh Nessie's main): nothing to merge from
+NO_ANCESTOR: Final = "2e1cfa82b035c26cbbbdae632cea070514eb8b773f616aaeaf668e2f0be8f10d"
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class NessieBranchCatalog:
             )
         source = self._get_ref(branch)
         tables = [c.table for c in self.diff(branch, into)]
+        if target.hash == NO_ANCESTOR:
+            return self._fast_forward(target, source, tables, tag)
         body = {"fromRefName": branch, "fromHash": source.hash,
                 "message": f"cascade: promote {branch} into {into}"}
         try:
@@ -182,6 +186,23 @@ class NessieBranchCatalog:
         if tag is not None:
             self._create(tag, "TAG", f"{into}@{after}")
         return MergeResult(branch, into, tables, target.hash, after)
+
+    def _fast_forward(self, target: _Ref, source: _Ref, tables: list[str],
+                      tag: str | None) -> MergeResult:
+        """The first promote into an empty branch: Nessie finds no common ancestor to merge
+        from, so point the branch at the source instead, still only if it has not moved."""
+        try:
+            self._call("PUT", f"/trees/{target.pinned}", params={"type": "BRANCH"},
+                       json={"type": source.kind.upper(), "name": source.name,
+                             "hash": source.hash})
+        except _Conflict:
+            raise BranchConflict(
+                f"{target.name} moved while {source.name!r} was promoted into it; nothing was "
+                "merged: re-run the pipeline on a fresh branch", []) from None
+        self._catalogs.pop(target.name, None)
+        if tag is not None:
+            self._create(tag, "TAG", f"{target.name}@{source.hash}")
+        return MergeResult(source.name, target.name, tables, target.hash, source.hash)
 
     def reset(self, branch: str, to_ref: str) -> RefInfo:
         """Point ``branch`` at the head of ``to_ref`` (e.g. a tag, to undo a promote)."""

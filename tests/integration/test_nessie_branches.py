@@ -116,3 +116,25 @@ def test_refs_errors_are_clear(nessie: tuple[NessieBranchCatalog, str]) -> None:
     assert names[0] == MAIN and tag.name in names
     branches.delete_branch(tag.name)
     assert tag.name not in {r.name for r in branches.list_refs()}
+
+
+def test_first_promote_into_a_branch_with_no_commits_fast_forwards(
+    nessie: tuple[NessieBranchCatalog, str],
+) -> None:
+    """A fresh Nessie's main has no commits, and Nessie finds no common ancestor to merge
+    from: the first promote points it at the branch instead, and still tags it."""
+    from tasks.nessie import NO_ANCESTOR
+
+    branches, ns = nessie
+    suffix = ns.removeprefix("contract_")
+    empty, run, tag = f"empty-{suffix}", f"run-{suffix}", f"promoted-{suffix}"
+    branches._call("POST", "/trees", params={"name": empty, "type": "BRANCH"},
+                   json={"type": "BRANCH", "name": MAIN, "hash": NO_ANCESTOR})
+    assert branches.ref(empty).hash == NO_ANCESTOR
+    branches.create_branch(run)
+    _write(branches, run, f"{ns}.t", [1, 2, 3])
+    result = branches.merge(run, into=empty, expected_hash=NO_ANCESTOR, tag=tag)
+    assert result.hash_before == NO_ANCESTOR and result.hash_after == branches.ref(run).hash
+    assert branches.ref(empty).hash == branches.ref(tag).hash == result.hash_after
+    assert _rows(branches, empty, f"{ns}.t") == [1, 2, 3]
+    assert f"{ns}.t" in result.tables
