@@ -6,13 +6,14 @@ from datetime import date, timedelta
 
 from prefect import flow
 
+from flows._fanout import run_name
 from tasks.branches import ensure_branch_task
 from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
 from tasks.runtime import current_run_id, require_source, run_branch_name
 from tasks.settings import load_lakehouse_settings
 
 
-@flow(name="ingest_day", flow_run_name="ingest {day} branch={branch}")
+@flow(name="ingest_day", flow_run_name=run_name("ingest {day}"))
 def ingest_day(
     day: date,
     branch: str | None = None,

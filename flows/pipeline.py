@@ -1,45 +1,42 @@
 """Parent flows: ``backfill`` a date range and ``daily``, each on one run branch.
 
-Both run the whole write-audit-publish chain: ingest partitions concurrently onto a
-fresh branch, build it with dbt, validate it, promote it atomically into main, publish
-the marts. A failure at any step leaves main untouched and the branch kept.
+Both run the whole write-audit-publish chain: ingest partitions (site × day chunk)
+concurrently onto a fresh branch, build it with dbt, validate it, promote it atomically
+into main, publish the marts. A failure at any step leaves main untouched and the branch
+kept; a retry of the run resumes on that branch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._mapping import bounded_submit
+from flows._fanout import (
+    MAX_CONCURRENCY,
+    FanOut,
+    IngestPlan,
+    choose_sites,
+    ingest_partitions,
+    run_name,
+)
 from flows.build_branch import build_branch
 from flows.promote import promote
 from flows.publish import publish
 from flows.validate import validate
-from tasks.branches import ensure_branch_task
-from tasks.errors import BranchConflict, CascadeError
-from tasks.ingest import WindowReport, ingest_profile_task, ingest_window_task, utc_midnight
-from tasks.runtime import (
-    current_lakehouse,
-    current_run_id,
-    day_windows,
-    require_source,
-    run_branch_name,
-)
-from tasks.settings import load_lakehouse_settings
+from tasks.errors import BranchConflict
+from tasks.runtime import current_lakehouse
+from tasks.settings import NightscoutSettings, load_lakehouse_settings
 
-MAX_CONCURRENCY = 16
 PROMOTE_ATTEMPTS = 3
 
 
 @flow(
     name="backfill",
-    flow_run_name="backfill {start}..{end}",
+    flow_run_name=run_name("backfill {start}..{end}"),
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
 )
 def backfill(
@@ -47,11 +44,13 @@ def backfill(
     end: date,
     branch: str | None = None,
     site_block: str | None = None,
+    sites: list[str] | None = None,
     chunk_days: int = 30,
     max_concurrency: int = 2,
     max_reject_ratio: float = 0.05,
     promote_to_main: bool = True,
     dbt_node_tasks: bool = True,
+    fan_out: FanOut = "tasks",
 ) -> dict[str, object]:
     """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
     validate, promote and publish it.
@@ -59,18 +58,28 @@ def backfill(
     Args:
         start: first UTC day.
         end: last UTC day (inclusive).
-        branch: target branch; default a new ``run-backfill-…`` branch from main.
+        branch: target branch; default a new ``run-backfill-…`` branch from main (a retry
+            of this run reuses its branch and skips the partitions that already landed).
         site_block: a ``nightscout-site`` block name; default from the environment.
+        sites: several ``nightscout-site`` block names (a clinic, a study), all on one
+            branch; overrides ``site_block``.
         chunk_days: days per partition (one task run and one commit per table each).
         max_concurrency: partitions in flight at once (at most 16).
         max_reject_ratio: fail when more than this share of a day's rows break a contract.
         promote_to_main: run build → validate → promote → publish after ingestion; with
             False, stop after ingestion and leave the branch for inspection.
         dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
+        fan_out: ``tasks`` (partitions as task runs in this process) or ``deployments``
+            (each partition a run of the ``cascade-ingest-window`` deployment, bounded per
+            site by the global concurrency limit ``nightscout-<site id>``).
     """
+    chosen = choose_sites(site_block, sites)
+    plan = IngestPlan(kind="backfill", ranges={s.site_id: (start, end) for s in chosen},
+                      chunk_days=chunk_days, max_concurrency=max_concurrency,
+                      max_reject_ratio=max_reject_ratio, fan_out=fan_out)
+
     def ingest(target: str | None) -> dict[str, object]:
-        return _ingest_range(start, end, target, site_block, chunk_days, max_concurrency,
-                             max_reject_ratio)
+        return ingest_partitions(chosen, plan, target)
 
     ingested = ingest(branch)
     if not promote_to_main:
@@ -113,85 +122,49 @@ def _write_audit_publish(
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _ingest_range(start: date, end: date, branch: str | None, site_block: str | None,
-                  chunk_days: int, max_concurrency: int,
-                  max_reject_ratio: float) -> dict[str, object]:
-    logger = get_run_logger()
-    source = require_source(block_name=site_block)
-    run_id = current_run_id()
-    branch = ensure_branch_task(branch or run_branch_name("backfill", run_id))
-    override = load_lakehouse_settings().timezone_override
-    timezone = ingest_profile_task(source, branch, run_id, override)
-    windows = day_windows(start, end, chunk_days)
-    progress: UUID = create_progress_artifact(  # type: ignore[assignment]
-        0.0, key="backfill-progress", description=f"backfill {start}..{end} on {branch}"
-    )
-    reports: list[WindowReport] = []
-    failures: list[str] = []
-
-    def submit(window: tuple[date, date]):  # type: ignore[no-untyped-def]
-        lo, hi = window
-        return ingest_window_task.submit(source, branch, utc_midnight(lo), utc_midnight(hi),
-                                         timezone, run_id, max_reject_ratio)
-
-    limit = min(max(1, max_concurrency), MAX_CONCURRENCY)
-    for done, (window, future) in enumerate(bounded_submit(submit, windows, limit), start=1):
-        future.wait()
-        if future.state.is_completed():
-            reports.append(future.result())
-        else:
-            failures.append(f"{window[0]}..{window[1]}: {future.state.message}")
-        update_progress_artifact(progress, 100.0 * done / len(windows))
-    committed = sum(r.committed for r in reports)
-    logger.info("backfill %s..%s: %d windows, %d rows committed to %s, %d failed",
-                start, end, len(windows), committed, branch, len(failures))
-    if failures:
-        raise CascadeError(
-            f"backfill {start}..{end}: {len(failures)} of {len(windows)} windows failed; "
-            f"branch {branch} kept for inspection, nothing promoted: " + " | ".join(failures)
-        )
-    return {"branch": branch, "run_id": run_id, "site_id": source.site_id, "timezone": timezone,
-            "windows": len(windows), "committed": committed,
-            "tables": _totals(reports)}
-
-
-def _totals(reports: list[WindowReport]) -> dict[str, dict[str, int]]:
-    totals: dict[str, dict[str, int]] = {}
-    for report in reports:
-        for name, counts in report.tables.items():
-            row = totals.setdefault(name, {"fetched": 0, "duplicates": 0, "rejected": 0,
-                                           "committed": 0})
-            for key in row:
-                row[key] += getattr(counts, key)
-    return totals
-
-
-@flow(name="daily", flow_run_name="daily {day}",
+@flow(name="daily", flow_run_name=run_name("daily {day}"),
       task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))  # type: ignore[arg-type]
 def daily(day: date | None = None, site_block: str | None = None,
-          max_reject_ratio: float = 0.05, dbt_node_tasks: bool = True) -> dict[str, object]:
+          sites: list[str] | None = None, max_reject_ratio: float = 0.05,
+          dbt_node_tasks: bool = True) -> dict[str, object]:
     """Ingest, build, validate, promote and publish one local day (default: yesterday).
 
     A local day spans two UTC days, so the UTC days around it are (re-)ingested.
+
+    Args:
+        day: the local day; default yesterday in each site's timezone.
+        site_block: a ``nightscout-site`` block name; default from the environment.
+        sites: several ``nightscout-site`` block names, all on one branch.
+        max_reject_ratio: fail when more than this share of a day's rows break a contract.
+        dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
     """
-    timezone = _site_timezone(site_block)
-    if day is None:
-        day = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+    chosen = choose_sites(site_block, sites)
     today = datetime.now(UTC).date()
-    start, end = day - timedelta(days=1), min(day + timedelta(days=1), today)
-    get_run_logger().info("daily %s (%s): UTC days %s..%s", day, timezone, start, end)
+    days: dict[str, date] = {}
+    ranges: dict[str, tuple[date, date]] = {}
+    for site in chosen:
+        timezone = _site_timezone(site.source)
+        local = day or datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+        days[site.site_id] = local
+        ranges[site.site_id] = (local - timedelta(days=1), min(local + timedelta(days=1), today))
+        get_run_logger().info("daily %s site=%s (%s): UTC days %s..%s", local, site.site_id,
+                              timezone, *ranges[site.site_id])
+    plan = IngestPlan(kind="daily", ranges=ranges, chunk_days=3, max_concurrency=len(chosen),
+                      max_reject_ratio=max_reject_ratio)
+
     def ingest(target: str | None) -> dict[str, object]:
-        return _ingest_range(start, end, target, site_block, 3, 1, max_reject_ratio)
+        return ingest_partitions(chosen, plan, target)
 
-    return {"day": str(day), **_write_audit_publish(ingest(None), ingest, dbt_node_tasks)}
+    first = days[chosen[0].site_id]
+    return {"day": str(first), "days": {k: str(v) for k, v in days.items()},
+            **_write_audit_publish(ingest(None), ingest, dbt_node_tasks)}
 
 
-def _site_timezone(site_block: str | None) -> str:
+def _site_timezone(source: NightscoutSettings) -> str:
     """The override or the source's configured timezone; UTC until a profile says more."""
     override = load_lakehouse_settings().timezone_override
     if override:
         return override
-    source = require_source(block_name=site_block)
     return source.timezone or _main_profile_timezone(source.site_id) or "UTC"
 
 
