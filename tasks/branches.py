@@ -33,6 +33,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from tasks.errors import BranchConflict, BranchError, BranchExists, BranchNotFound
+from tasks.faults import fault_point
 
 __all__ = [
     "MAIN",
@@ -298,6 +299,7 @@ class EmbeddedBranchCatalog:
                 )
             for table in changed:
                 self._put_pointer(conn, into, table, source[table])
+                fault_point("promote-mid-merge")
             self._copy_namespaces(conn, branch, into)
             after = _hash(self._pointers(conn, into))
             self._log(conn, into, "merge", branch, before, after)

@@ -26,6 +26,7 @@ from pyiceberg.exceptions import NoSuchNamespaceError
 from pyiceberg.expressions import AlwaysTrue
 
 from tasks.errors import CascadeError
+from tasks.faults import fault_point
 from tasks.lakehouse import TableLayout, replace_rows
 from tasks.settings import StackSettings
 
@@ -225,6 +226,7 @@ def export_models(duckdb_path: Path, catalog: Catalog,
         for schema, name in rows:
             frame = con.execute(f'select * from "{schema}"."{name}"').pl()
             _replace_model(catalog, f"{schema}.{name}", frame)
+            fault_point("build-mid-export")
             exported[f"{schema}.{name}"] = frame.height
     return exported
 

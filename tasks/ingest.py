@@ -10,6 +10,7 @@ last, so a window whose log is missing or disagrees with raw never passes valida
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -21,6 +22,7 @@ from pyiceberg.expressions.literals import literal
 
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.errors import ContractError
+from tasks.faults import fault_point
 from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, TableLayout, replace_rows, site_window
 from tasks.nightscout import COLLECTIONS, NightscoutClient
 from tasks.schemas import RAW_TABLES, RawTable
@@ -116,6 +118,7 @@ def ingest_window(
         layout = raw_layout(p.table)
         replace_rows(catalog, layout, p.rows,
                      site_window(layout, ctx.site_id, ctx.window_start, ctx.window_end))
+        fault_point("ingest-mid-commit")
         report.tables[p.table.name] = TableCounts(
             fetched=p.rows.height + p.duplicates.height + p.rejects.height,
             duplicates=p.duplicates.height, rejected=p.rejects.height, committed=p.rows.height,
@@ -141,12 +144,18 @@ _OFFSET_MARGIN: Final = timedelta(hours=14)
 
 
 def _outside_margin(rejects: pl.DataFrame, ctx: ShapeContext, margin: timedelta) -> pl.DataFrame:
-    """Drop rows fetched only through the margin: they belong to a neighbouring window."""
+    """Drop rows fetched only through the margin: they belong to a neighbouring window.
+
+    The fetch bounds are text ``margin`` beyond the window, and a record's text is up to
+    ``margin`` away from its UTC time, so a neighbour's record can sit up to twice the
+    margin outside the window (``...T11:30-12:00`` is 23:30 UTC): the neighbouring window
+    fetches and commits it, so it is neither committed nor rejected here.
+    """
     if margin == timedelta(0) or rejects.height == 0:
         return rejects
     at = pl.col("event_at")
-    start = pl.lit(ctx.window_start - margin).cast(pl.Datetime("us", "UTC"))
-    end = pl.lit(ctx.window_end + margin).cast(pl.Datetime("us", "UTC"))
+    start = pl.lit(ctx.window_start - 2 * margin).cast(pl.Datetime("us", "UTC"))
+    end = pl.lit(ctx.window_end + 2 * margin).cast(pl.Datetime("us", "UTC"))
     neighbour = at.is_not_null() & (at >= start) & (at < end)
     return rejects.filter(~neighbour)
 
@@ -278,14 +287,24 @@ def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
       retry_condition_fn=lambda task, run, state: _retryable(state),
       task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}")
 def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime, end: datetime,
-                       timezone: str, run_id: str, max_reject_ratio: float = 0.05) -> WindowReport:
-    """Fetch, shape, check and commit one window of one site onto ``branch``."""
+                       timezone: str, run_id: str, max_reject_ratio: float = 0.05,
+                       source_limit: str | None = None) -> WindowReport:
+    """Fetch, shape, check and commit one window of one site onto ``branch``.
+
+    With ``source_limit``, the window holds one slot of that Prefect global concurrency
+    limit while it runs (strict: a missing limit is an error, never unlimited).
+    """
+    from prefect.concurrency.sync import concurrency
+
     from tasks.runtime import current_lakehouse
 
     catalog = current_lakehouse().branches.catalog(branch)
-    with NightscoutClient(source) as client:
-        report = ingest_window(client, catalog, _context(source, timezone, start, end, run_id),
-                               max_reject_ratio)
+    ctx = _context(source, timezone, start, end, run_id)
+    with ExitStack() as stack:
+        if source_limit:
+            stack.enter_context(concurrency(source_limit, occupy=1, strict=True))
+        client = stack.enter_context(NightscoutClient(source))
+        report = ingest_window(client, catalog, ctx, max_reject_ratio)
     get_run_logger().info("%s → %s", report.line(), branch)
     return report
 

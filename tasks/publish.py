@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from tasks.errors import PublishError
+from tasks.faults import fault_point
 from tasks.settings import LakehouseSettings, load_lakehouse_settings, marts_url_from_env
 
 __all__ = [
@@ -348,6 +349,7 @@ def publish_marts(
                 conn.execute(
                     log.insert(), [_log_row(current, frame, ref, ref_hash, run_id, published_at)]
                 )
+                fault_point("publish-mid-transaction")
             current = None
     except SQLAlchemyError as exc:
         error = _publish_error(exc, current, engine.url)
