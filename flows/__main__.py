@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -143,7 +144,7 @@ def _flow_command(args: argparse.Namespace) -> int:
     elif args.command == "daily":
         from flows.pipeline import daily
 
-        print(daily(day=args.day))
+        print(daily(day=args.day, sites=args.sites or None))
     return 0
 
 
@@ -164,10 +165,40 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _maintain(args: argparse.Namespace) -> int:
+    from flows.maintain import maintain
+
+    print(maintain(retain_days=args.retain_days, keep_last=args.keep_last,
+                   grace_hours=args.grace_hours, dry_run=args.dry_run))
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from tasks.maintenance import backup_lakehouse
+    from tasks.runtime import current_lakehouse
+
+    report = backup_lakehouse(current_lakehouse(), args.destination)
+    print(f"backed up {report.refs} refs and {report.files:,} files ({report.bytes:,} bytes) "
+          f"to {report.path}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from tasks.maintenance import restore_lakehouse
+    from tasks.runtime import current_lakehouse
+
+    report = restore_lakehouse(current_lakehouse(), args.source)
+    print(f"restored {report.refs} refs from {report.source}: copied {report.files_copied:,} "
+          f"files ({report.bytes_copied:,} bytes), {report.files_present:,} were present; "
+          "run `python -m flows publish` to refresh the marts database")
+    return 0
+
+
 def _backfill(args: argparse.Namespace) -> int:
     from flows.pipeline import backfill
 
     result = backfill(start=args.start, end=args.end, branch=args.branch,
+                      sites=args.sites or None, fan_out=args.fan_out,
                       chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
                       max_reject_ratio=args.max_reject_ratio,
                       promote_to_main=not args.no_promote,
@@ -184,6 +215,16 @@ def _register_blocks(args: argparse.Namespace) -> int:
     print("flows load them when these are set (e.g. in a work pool's job variables):")
     for variable, name in selectors.items():
         print(f"  {variable}={name}")
+    return 0
+
+
+def _apply_automations(args: argparse.Namespace) -> int:
+    from flows.automations import apply_automations
+
+    applied = apply_automations(block_name=args.webhook_block)
+    for name, automation_id in applied.items():
+        print(f"automation {name}: {automation_id}")
+    print(f"notifications go through block {args.webhook_block!r}")
     return 0
 
 
@@ -209,7 +250,12 @@ def _parser() -> argparse.ArgumentParser:
     back = sub.add_parser("backfill", help="ingest a UTC day range onto a run branch")
     back.add_argument("start", type=date.fromisoformat)
     back.add_argument("end", type=date.fromisoformat)
-    back.add_argument("--branch")
+    back.add_argument("--branch", help="ingest onto this branch (resumes what it holds)")
+    back.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
+                      help="a nightscout-site block; repeat for several sites on one branch")
+    back.add_argument("--fan-out", choices=("tasks", "deployments"), default="tasks",
+                      help="partitions as task runs here, or as cascade-ingest-window "
+                           "deployment runs on the work pool")
     back.add_argument("--chunk-days", type=int, default=30)
     back.add_argument("--max-concurrency", type=int, default=2)
     back.add_argument("--max-reject-ratio", type=float, default=0.05)
@@ -229,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.set_defaults(run=_flow_command)
     dly = sub.add_parser("daily", help="the whole chain for one local day (default yesterday)")
     dly.add_argument("day", nargs="?", type=date.fromisoformat)
+    dly.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
+                     help="a nightscout-site block; repeat for several sites on one branch")
     dly.set_defaults(run=_flow_command)
     reset = sub.add_parser("reset", help="point a branch (main) at a tag: undo a promote")
     reset.add_argument("branch")
@@ -237,6 +285,19 @@ def _parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete-branch", help="delete a branch or tag")
     delete.add_argument("name")
     delete.set_defaults(run=_delete)
+    keep = sub.add_parser("maintain", help="expire old snapshots on main and delete files "
+                                           "no branch or tag reaches (embedded profile)")
+    keep.add_argument("--retain-days", type=float, default=7)
+    keep.add_argument("--keep-last", type=int, default=10)
+    keep.add_argument("--grace-hours", type=float, default=1)
+    keep.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    keep.set_defaults(run=_maintain)
+    backup = sub.add_parser("backup", help="copy catalog.db and the live warehouse files")
+    backup.add_argument("destination", type=Path, help="a new, empty directory")
+    backup.set_defaults(run=_backup)
+    restore = sub.add_parser("restore", help="put a backup back (same CASCADE_HOME path)")
+    restore.add_argument("source", type=Path)
+    restore.set_defaults(run=_restore)
     day = sub.add_parser("ingest-day", help="(re-)ingest one UTC day onto a branch")
     day.add_argument("day", type=date.fromisoformat)
     day.add_argument("--branch")
@@ -245,6 +306,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="register block types; save the stack's documents from env")
     reg.add_argument("--prefix", default="cascade", help="document name prefix")
     reg.set_defaults(run=_register_blocks)
+    auto = sub.add_parser("apply-automations",
+                          help="create or update the failure and freshness automations")
+    auto.add_argument("--webhook-block", default="cascade-alerts",
+                      help="notification block: a Custom Webhook document's name (created "
+                           "from CASCADE_ALERT_WEBHOOK_URL if missing) or <type-slug>/<name>")
+    auto.set_defaults(run=_apply_automations)
     refs = sub.add_parser("refs", help="list branches and tags")
     refs.set_defaults(run=_refs)
     show = sub.add_parser("show", help="print a table at a ref")

@@ -1078,7 +1078,11 @@ def up_one(ctx: Ctx, svc: Service) -> str:
             svc.after_start(ctx)
         return describe(ctx, svc, "healthy", "(already running)")
     for dep in NEEDS.get(svc.name, ()):
-        if not registry()[dep].healthy(ctx):
+        # a loaded machine can miss one probe of a healthy service: ask for a while
+        dep_svc, deadline = registry()[dep], time.monotonic() + 30
+        while not dep_svc.healthy(ctx) and time.monotonic() < deadline:
+            time.sleep(1)
+        if not dep_svc.healthy(ctx):
             raise StackError(
                 f"{svc.name} needs {dep}, which is not healthy: run `stack.py up --only {dep}`"
             )
