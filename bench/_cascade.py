@@ -19,8 +19,18 @@ __all__ = ["ingest_sites", "peak_rss_mib", "shape_and_check", "table_hygiene"]
 
 
 def peak_rss_mib() -> float:
-    """High-water resident memory of this process or any child it waited for, MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """High-water resident memory of this process or any child it waited for, MiB.
+
+    The process's own figure is ``VmHWM``: ``ru_maxrss`` survives ``exec`` and so would
+    report the parent's size (the suite, holding the simulator) for a fresh child.
+    """
+    own = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+    except OSError:
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024  # KiB on Linux
 
