@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ingest_sites", "peak_rss_mib", "shape_and_check", "table_hygiene"]
+__all__ = ["cpu_seconds", "ingest_sites", "peak_rss_mib", "shape_and_check", "table_hygiene"]
 
 
 def peak_rss_mib() -> float:
@@ -33,6 +33,13 @@ def peak_rss_mib() -> float:
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024  # KiB on Linux
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def table_hygiene(catalog: Any, namespaces: tuple[str, ...] = ("raw", "audit")) -> list[dict]:
@@ -93,13 +100,13 @@ def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
     end = datetime.fromisoformat(spec["end"]).date()
     days = day_windows(end - timedelta(days=spec["days"] - 1), end, spec["chunk_days"])
     windows = [(utc_midnight(lo), utc_midnight(hi)) for lo, hi in days]
-    started, rows = time.perf_counter(), 0
+    started, cpu, rows = time.perf_counter(), cpu_seconds(), 0
     for site in spec["sites"]:
         settings = NightscoutSettings(site["url"], site["site_id"], SecretStr(spec["secret"]))
         rows += _ingest_site(settings, catalog, windows, spec["workers"])
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     hygiene = table_hygiene(catalog) if spec.get("hygiene") else []
-    return {"seconds": seconds, "rows": rows, "peak_rss_mib": peak_rss_mib(),
+    return {"seconds": seconds, "cpu_s": cpu, "rows": rows, "peak_rss_mib": peak_rss_mib(),
             "windows": len(windows), "hygiene": hygiene}
 
 
@@ -120,11 +127,12 @@ def shape_and_check(spec: dict[str, Any]) -> dict[str, Any]:
     ctx = ShapeContext(spec["site_id"], spec["timezone"],
                        datetime.fromisoformat(spec["start"]), datetime.fromisoformat(spec["end"]),
                        "bench", datetime.now(UTC))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     shaped = shape("entries", docs, ctx)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), cpu_seconds()
     checked = check("entries", shaped.rows, ctx)
-    t2 = time.perf_counter()
-    return {"seconds": t2 - t0, "rows": docs.height, "peak_rss_mib": peak_rss_mib(),
-            "shape_s": t1 - t0, "contract_s": t2 - t1, "valid": checked.valid.height,
+    t2, c2 = time.perf_counter(), cpu_seconds()
+    return {"seconds": t2 - t0, "cpu_s": c2 - c0, "rows": docs.height,
+            "peak_rss_mib": peak_rss_mib(), "shape_s": t1 - t0, "contract_s": t2 - t1,
+            "shape_cpu_s": c1 - c0, "contract_cpu_s": c2 - c1, "valid": checked.valid.height,
             "polars_threads": pl.thread_pool_size()}

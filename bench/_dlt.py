@@ -127,7 +127,7 @@ def ingest_site(spec: dict[str, Any]) -> dict[str, Any]:
     import dlt
     from dlt.sources.rest_api import rest_api_source
 
-    from bench._cascade import peak_rss_mib
+    from bench._cascade import cpu_seconds, peak_rss_mib
 
     home = Path(spec["home"])
     bounds = _window_bounds(spec["end"], spec["days"], spec["chunk_days"])
@@ -138,12 +138,12 @@ def ingest_site(spec: dict[str, Any]) -> dict[str, Any]:
         destination=dlt.destinations.filesystem(bucket_url=(home / "lake").as_uri()),
         dataset_name="raw", progress="log" if spec.get("verbose") else None,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     pipeline.run(source, table_format="iceberg", loader_file_format="parquet")
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     counts = pipeline.last_trace.last_normalize_info.row_counts
     rows = sum(v for k, v in counts.items() if k in _TIME_FIELD)
     hygiene = iceberg_hygiene(home / "lake" / "raw") if spec.get("hygiene") else []
-    return {"seconds": seconds, "rows": rows, "peak_rss_mib": peak_rss_mib(),
+    return {"seconds": seconds, "cpu_s": cpu, "rows": rows, "peak_rss_mib": peak_rss_mib(),
             "steps": _step_seconds(pipeline), "row_counts": dict(counts),
             "windows": len(bounds), "hygiene": hygiene}

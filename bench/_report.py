@@ -73,6 +73,9 @@ def figure_row(figure: Figure) -> dict[str, Any]:
     }
     if figure.get("peak_rss_mib"):
         row["peak_rss_mib_max"] = max(figure["peak_rss_mib"])
+    cpu = [r["cpu_s"] for r in figure.get("runs", []) if "cpu_s" in r]
+    if cpu:
+        row["cpu_s_median"] = statistics.median(cpu)
     return row
 
 
@@ -169,15 +172,16 @@ def _num(value: float, digits: int = 0) -> str:
 
 
 def _figures_table(figures: list[Figure]) -> list[str]:
-    lines = [("| benchmark | system | size | rows | runs | min s | median s | rows/s (best) "
-             "| rows/s (median) | peak MiB |"),
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [("| benchmark | system | size | rows | runs | min s | median s | CPU s (median) "
+              "| rows/s (best) | rows/s (median) | peak MiB |"),
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for f in figures:
         r = figure_row(f)
         peak = _num(r["peak_rss_mib_max"]) if "peak_rss_mib_max" in r else "—"
+        cpu = _num(r["cpu_s_median"], 2) if "cpu_s_median" in r else "—"
         lines.append(
             f"| {r['benchmark']} | {r['system']} | {r['size']} | {r['rows']:,} | {r['runs']} "
-            f"| {r['seconds_min']:.2f} | {r['seconds_median']:.2f} "
+            f"| {r['seconds_min']:.2f} | {r['seconds_median']:.2f} | {cpu} "
             f"| {_num(r['rows_per_s_best'])} | {_num(r['rows_per_s_median'])} | {peak} |")
     return lines
 

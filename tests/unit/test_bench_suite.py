@@ -42,7 +42,10 @@ def test_summarise_gives_min_median_max_and_runs() -> None:
 
 
 def test_figure_row_turns_seconds_into_rows_per_second() -> None:
-    row = figure_row(_figure("ingest", "cascade", "1 d", 1000, [2.0, 1.0, 4.0], [1.0, 3.0]))
+    figure = _figure("ingest", "cascade", "1 d", 1000, [2.0, 1.0, 4.0], [1.0, 3.0])
+    figure["runs"] = [{"cpu_s": 1.5}, {"cpu_s": 0.5}, {"cpu_s": 1.0}]
+    row = figure_row(figure)
+    assert row["cpu_s_median"] == 1.0
     assert row["seconds_min"] == 1.0 and row["seconds_median"] == 2.0
     assert row["rows_per_s_best"] == 1000.0 and row["rows_per_s_median"] == 500.0
     assert row["peak_rss_mib_max"] == 3.0 and row["runs"] == 3
@@ -66,7 +69,7 @@ def test_markdown_has_machine_line_tables_and_notes() -> None:
     text = render_markdown(_result())
     assert text.startswith("2 cores, 23.5 GiB, test cpu; load average (1/5/15 min) "
                            "1.00/2.00/3.00 → 4.00/5.00/6.00; Python 3.11.7; polars 1.0;")
-    assert "| ingest | cascade | 1 d | 1,000 | 3 | 1.00 | 2.00 | 1,000 | 500 | 310 |" in text
+    assert "| ingest | cascade | 1 d | 1,000 | 3 | 1.00 | 2.00 | — | 1,000 | 500 | 310 |" in text
     assert "| 1 d | 500 | 100 | 5.00x |" in text
     assert "| ingestion >= 10x dlt rows/s | 5.00x (lowest ratio, at 1 d) | no |" in text
     assert "| cascade, 1 d | raw.entries | 1 | 2 | 24.4 |" in text
@@ -109,6 +112,6 @@ def test_cascade_ingest_of_one_day_reports_rows_time_memory_and_hygiene(tmp_path
                             "secret": "s", "end": "2025-01-01", "days": 1, "chunk_days": 30,
                             "workers": 1, "home": str(tmp_path), "hygiene": True})
     assert out["windows"] == 1 and out["rows"] > 500 and out["seconds"] > 0
-    assert out["peak_rss_mib"] > 0
+    assert out["peak_rss_mib"] > 0 and out["cpu_s"] > 0
     tables = {t["table"]: t for t in out["hygiene"]}
     assert tables["raw.entries"]["snapshots"] == 1 and tables["raw.entries"]["data_files"] == 1
