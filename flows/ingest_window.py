@@ -7,9 +7,11 @@ machines. It writes under the parent's run id, so the branch's ingest log reads 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import date, timedelta
 
 from prefect import flow
+from prefect.concurrency.sync import concurrency
 
 from flows._fanout import run_name
 from tasks.ingest import ingest_window_task, utc_midnight
@@ -37,10 +39,14 @@ def ingest_window(
         run_id: the parent run's id, written on every row.
         site_block: a ``nightscout-site`` block name; default from the environment.
         max_reject_ratio: fail when more than this share of a day's rows break a contract.
-        source_limit: a Prefect global concurrency limit held while fetching and committing.
+        source_limit: a Prefect global concurrency limit whose slot the window holds while
+            it fetches and commits.
     """
     source = require_source(block_name=site_block)
-    report = ingest_window_task(source, branch, utc_midnight(start),
-                                utc_midnight(end + timedelta(days=1)), timezone, run_id,
-                                max_reject_ratio, source_limit)
+    # strict: a missing limit is an error, never unlimited
+    slot = concurrency(source_limit, occupy=1, strict=True) if source_limit else nullcontext()
+    with slot:
+        report = ingest_window_task(source, branch, utc_midnight(start),
+                                    utc_midnight(end + timedelta(days=1)), timezone, run_id,
+                                    max_reject_ratio)
     return {"site_id": source.site_id, "branch": branch, "committed": report.committed}

@@ -10,7 +10,6 @@ last, so a window whose log is missing or disagrees with raw never passes valida
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -287,24 +286,14 @@ def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
       retry_condition_fn=lambda task, run, state: _retryable(state),
       task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}")
 def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime, end: datetime,
-                       timezone: str, run_id: str, max_reject_ratio: float = 0.05,
-                       source_limit: str | None = None) -> WindowReport:
-    """Fetch, shape, check and commit one window of one site onto ``branch``.
-
-    With ``source_limit``, the window holds one slot of that Prefect global concurrency
-    limit while it runs (strict: a missing limit is an error, never unlimited).
-    """
-    from prefect.concurrency.sync import concurrency
-
+                       timezone: str, run_id: str, max_reject_ratio: float = 0.05) -> WindowReport:
+    """Fetch, shape, check and commit one window of one site onto ``branch``."""
     from tasks.runtime import current_lakehouse
 
     catalog = current_lakehouse().branches.catalog(branch)
-    ctx = _context(source, timezone, start, end, run_id)
-    with ExitStack() as stack:
-        if source_limit:
-            stack.enter_context(concurrency(source_limit, occupy=1, strict=True))
-        client = stack.enter_context(NightscoutClient(source))
-        report = ingest_window(client, catalog, ctx, max_reject_ratio)
+    with NightscoutClient(source) as client:
+        report = ingest_window(client, catalog, _context(source, timezone, start, end, run_id),
+                               max_reject_ratio)
     get_run_logger().info("%s → %s", report.line(), branch)
     return report
 
