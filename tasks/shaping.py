@@ -201,7 +201,10 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
     A modelled number that could not be read as one (``"noise": []``, ``"sgv": "HIGH"``)
     is kept too, under ``"_uncast"``, so no value an uploader sent is lost.
     """
-    fields: list[pl.Expr] = [pl.col(c) for c in docs.columns if c not in modelled and c != _ROW]
+    # Sorted, so a record's extra is the same whichever window (and so whichever set of
+    # neighbours, which decides the frame's column order) it was fetched in.
+    fields: list[pl.Expr] = [pl.col(c) for c in sorted(docs.columns)
+                             if c not in modelled and c != _ROW]
     uncast = [_uncast(docs, name).alias(name) for name in numeric if name in docs.columns]
     if uncast:
         fields.append(pl.struct(uncast).alias("_uncast"))
