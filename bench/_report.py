@@ -58,7 +58,7 @@ def summarise(samples: list[float]) -> Summary:
 
 
 def _per_second(rows: int, seconds: float) -> float:
-    return rows / seconds if seconds > 0 else float("nan")
+    return rows / seconds if seconds > 0 and rows > 0 else float("nan")
 
 
 def figure_row(figure: Figure) -> dict[str, Any]:

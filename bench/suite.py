@@ -297,7 +297,8 @@ def _chain_once(sim: Any, days: int, work: Path, prefect_home: Path) -> float:
     env = {**os.environ, **_QUIET_ENV, "NIGHTSCOUT_URL": sim.url_for("a"),
            "NIGHTSCOUT_API_SECRET": SECRET, "NIGHTSCOUT_SITE_ID": "a",
            "CASCADE_PROFILE": "embedded", "PREFECT_HOME": str(prefect_home),
-           "CASCADE_HOME": tempfile.mkdtemp(prefix="chain-", dir=work)}
+           "CASCADE_HOME": tempfile.mkdtemp(prefix="chain-", dir=work),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # slow on a busy machine
     env.pop("PREFECT_API_URL", None)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "flows", "backfill", str(start), str(END),
@@ -349,7 +350,7 @@ def plot_scaling(figures: list[dict], path: Path) -> bool:
     ax.set_xlabel("site-years ingested (one process)"), ax.set_ylabel("seconds")
     twin = ax.twinx()
     twin.plot(xs, mem, "s--", color="tab:red", label="peak RSS")
-    twin.axhline(2048, color="tab:red", alpha=0.3, lw=1)
+    twin.axhline(2048, color="tab:red", alpha=0.3, lw=1, label="2 GiB target (100 site-years)")
     twin.set_ylabel("peak RSS, MiB"), twin.set_ylim(0, max(2300, max(mem) * 1.1))
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
@@ -387,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cascade-suite-") as tmp, _simulator(args) as (sim, _):
         for name in args.only:
             print(f"{name} …", flush=True)
-            _RUNNERS[name](sim, args, Path(tmp), result)
+            try:
+                _RUNNERS[name](sim, args, Path(tmp), result)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(exc, file=sys.stderr)
+                result["notes"].append(f"{name} failed: {str(exc).splitlines()[0]} "
+                                       f"(last line: {str(exc).strip().splitlines()[-1]})")
             _write(result, args)
     if "scale" in args.only:
         result["notes"].append(f"scaling plot: {args.plot}")
