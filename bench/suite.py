@@ -1,7 +1,7 @@
 """Benchmark suite: Cascade's ingestion and pipeline speed, side by side with dlt.
 
     UV_PROJECT_ENVIRONMENT=.venv-bench uv run --frozen --group bench python bench/suite.py
-    ... python bench/suite.py --quick                       # about a minute
+    ... python bench/suite.py --quick                       # a few minutes
     ... python bench/suite.py --only ingest,shape --repeat 5 --ingest-days 1,30
 
 Benchmarks (``--only``, default all):
