@@ -13,7 +13,8 @@
     │   ├── BranchExists
     │   └── BranchConflict                        main moved under a table the branch changed
     ├── ValidationFailed                          audit checks failed; nothing promoted
-    └── PublishError                              marts could not be published
+    ├── PublishError                              marts could not be published
+    └── ServiceUnavailable                        a lakehouse or query service did not answer
 
 Messages say what failed, where, and what to do. They never carry a secret.
 """
@@ -34,7 +35,9 @@ __all__ = [
     "NightscoutNotFound",
     "NightscoutUnavailable",
     "PublishError",
+    "ServiceUnavailable",
     "ValidationFailed",
+    "unreachable",
 ]
 
 
@@ -96,3 +99,26 @@ class ValidationFailed(CascadeError):
 
 class PublishError(CascadeError):
     """Marts could not be published to the marts database."""
+
+
+class ServiceUnavailable(CascadeError):
+    """A service of the lakehouse (Nessie, the object store, Trino) could not be reached."""
+
+
+def unreachable(exc: BaseException) -> BaseException | None:
+    """The connection failure behind ``exc`` (refused, reset, timed out, name not found),
+    following its causes; None when ``exc`` is something else.
+
+    Client libraries wrap these differently (httpx, requests, botocore, aiohttp, trino):
+    all of them are, or are caused by, an ``OSError``/``ConnectionError``, or are named so.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if isinstance(current, (ConnectionError, TimeoutError)) or "Connect" in name \
+                or name in {"ReadTimeout", "ConnectTimeout", "EndpointConnectionError"}:
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -20,7 +20,7 @@ from pyiceberg.expressions import And, In, Reference
 from pyiceberg.expressions.literals import literal
 
 from tasks.contracts import check, enforce_reject_ratio
-from tasks.errors import ContractError
+from tasks.errors import CascadeError, ContractError, ServiceUnavailable, unreachable
 from tasks.faults import fault_point
 from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, TableLayout, replace_rows, site_window
 from tasks.nightscout import COLLECTIONS, NightscoutClient
@@ -255,9 +255,33 @@ def utc_midnight(day: date) -> datetime:
 
 # ----------------------------------------------------------------------- Prefect wrappers
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prefect import get_run_logger, task
 
 from tasks.settings import NightscoutSettings
+
+
+@contextmanager
+def _lakehouse_reachable(what: str) -> Iterator[None]:
+    """Turn a lakehouse service that does not answer into ``ServiceUnavailable``."""
+    from tasks.runtime import current_lakehouse
+
+    try:
+        yield
+    except CascadeError:
+        raise
+    except Exception as exc:
+        cause = unreachable(exc)
+        if cause is None:
+            raise
+        raise ServiceUnavailable(
+            f"{what}: the {current_lakehouse().describe()} did not answer "
+            f"({type(cause).__name__}): check the services (`python3 scripts/cascade.py stack "
+            "status`), then re-run the same parameters; ingestion replaces what it writes, so "
+            "nothing is duplicated"
+        ) from None
 
 
 def _context(source: NightscoutSettings, timezone: str, start: datetime, end: datetime,
@@ -272,10 +296,12 @@ def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
     """Replace the site's profiles on ``branch``; return the site's timezone."""
     from tasks.runtime import current_lakehouse
 
-    catalog = current_lakehouse().branches.catalog(branch)
     now = datetime.now(UTC)
-    with NightscoutClient(source) as client:
-        profiles = ingest_profiles(client, catalog, _context(source, "UTC", now, now, run_id))
+    with _lakehouse_reachable(f"profiles site={source.site_id}"):
+        catalog = current_lakehouse().branches.catalog(branch)
+        with NightscoutClient(source) as client:
+            profiles = ingest_profiles(client, catalog,
+                                       _context(source, "UTC", now, now, run_id))
     timezone = resolve_timezone(timezone_override or source.timezone, profiles)
     get_run_logger().info("site=%s: %d profile(s), timezone %s", source.site_id,
                           profiles.height, timezone)
@@ -290,10 +316,13 @@ def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime,
     """Fetch, shape, check and commit one window of one site onto ``branch``."""
     from tasks.runtime import current_lakehouse
 
-    catalog = current_lakehouse().branches.catalog(branch)
-    with NightscoutClient(source) as client:
-        report = ingest_window(client, catalog, _context(source, timezone, start, end, run_id),
-                               max_reject_ratio)
+    what = f"{start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}"
+    with _lakehouse_reachable(what):
+        catalog = current_lakehouse().branches.catalog(branch)
+        with NightscoutClient(source) as client:
+            report = ingest_window(client, catalog,
+                                   _context(source, timezone, start, end, run_id),
+                                   max_reject_ratio)
     get_run_logger().info("%s → %s", report.line(), branch)
     return report
 
@@ -305,7 +334,7 @@ def _retryable(state: object) -> bool:
 
     try:
         state.result()  # type: ignore[attr-defined]
-    except NightscoutUnavailable:
+    except (NightscoutUnavailable, ServiceUnavailable):  # a window is safe to redo
         return True
     except Exception:  # noqa: BLE001 - any other failure is final: do not retry it
         return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -24,7 +25,14 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.rest import RestCatalog
 
 from tasks.branches import MAIN, MergeResult, RefInfo, RefKind, TableChange, validate_ref_name
-from tasks.errors import BranchConflict, BranchError, BranchExists, BranchNotFound, ConfigError
+from tasks.errors import (
+    BranchConflict,
+    BranchError,
+    BranchExists,
+    BranchNotFound,
+    ConfigError,
+    ServiceUnavailable,
+)
 from tasks.settings import StackSettings
 
 __all__ = ["NessieBranchCatalog"]
@@ -32,6 +40,7 @@ __all__ = ["NessieBranchCatalog"]
 logger = logging.getLogger("cascade.nessie")
 
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+_READ_ATTEMPTS: Final = 4
 # the hash of a branch with no commits yet (a fresh Nessie's main): nothing to merge from
 NO_ANCESTOR: Final = "2e1cfa82b035c26cbbbdae632cea070514eb8b773f616aaeaf668e2f0be8f10d"
 
@@ -246,13 +255,7 @@ class NessieBranchCatalog:
 
     def _call(self, method: str, path: str, *, missing: str | None = None,
               **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise BranchError(
-                f"Nessie at {self.settings.nessie_uri} is unreachable ({type(exc).__name__}): "
-                "is the stack running? (`python3 scripts/cascade.py stack status`)"
-            ) from None
+        response = self._request(method, path, **kwargs)
         if response.status_code == 404 and missing is not None:
             raise BranchNotFound(f"no branch or tag named {missing!r} in Nessie")
         if response.status_code in (401, 403):
@@ -269,6 +272,31 @@ class NessieBranchCatalog:
             return {}
         body: dict[str, Any] = response.json()
         return body
+
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a read is tried again on a 5xx (Nessie answers 500 while its
+        database connections recover, e.g. after Postgres restarted). Writes are never
+        repeated: a merge that failed late may have landed."""
+        attempts = _READ_ATTEMPTS if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                if attempt < attempts:
+                    time.sleep(attempt)
+                    continue
+                raise ServiceUnavailable(
+                    f"Nessie at {self.settings.nessie_uri} is unreachable "
+                    f"({type(exc).__name__}): is the stack running? "
+                    "(`python3 scripts/cascade.py stack status`)"
+                ) from None
+            if response.status_code < 500 or attempt == attempts:
+                return response
+            logger.warning("Nessie %s %s answered %d; trying again (%d of %d)", method, path,
+                           response.status_code, attempt + 1, attempts)
+            time.sleep(attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 class _Conflict(Exception):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ServiceUnavailable, unreachable
 from tasks.settings import StackSettings
 
 __all__ = [
@@ -66,6 +66,14 @@ def query(settings: StackSettings, sql: str, catalog: str | None = None,
         cur = con.cursor()
         cur.execute(sql, params) if params else cur.execute(sql)
         return [tuple(r) for r in cur.fetchall()]
+    except Exception as exc:
+        if unreachable(exc) is None:
+            raise
+        raise ServiceUnavailable(
+            f"Trino at {settings.trino_http_scheme}://{settings.trino_host}:"
+            f"{settings.trino_port} did not answer ({type(exc).__name__}): check that it runs "
+            "(`python3 scripts/cascade.py stack status`), then re-run; nothing was promoted"
+        ) from None
     finally:
         con.close()
 
