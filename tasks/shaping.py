@@ -206,8 +206,9 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
     fields: list[pl.Expr] = [pl.col(c) for c in sorted(docs.columns)
                              if c not in modelled and c != _ROW]
     uncast = [_uncast(docs, name).alias(name) for name in numeric if name in docs.columns]
-    if uncast:
-        fields.append(pl.struct(uncast).alias("_uncast"))
+    if uncast:  # null unless some member is set, so the one pass below drops it whole
+        fields.append(pl.when(pl.any_horizontal(u.is_not_null() for u in uncast))
+                      .then(pl.struct(uncast)).otherwise(None).alias("_uncast"))
     if not fields:
         return pl.lit("{}")
     return _drop_null_members(pl.struct(fields).struct.json_encode())
@@ -217,18 +218,16 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
 # ``{`` or ``,`` always opens a member name (inside a string a quote is escaped), so these
 # patterns never match inside a value, whatever text the uploader sent.
 _NAME: Final = r'"(?:[^"\\]|\\.)*"'
-_EMPTY: Final = rf"(?:{_NAME}:null|\"_uncast\":\{{\}})"
+_EMPTY: Final = rf"(?:{_NAME}:null)"
 
 
 def _drop_null_members(encoded: pl.Expr) -> pl.Expr:
-    """Remove ``"name":null`` members (and an ``_uncast`` left empty) from JSON objects."""
-    for _ in range(2):  # the second round removes an ``_uncast`` whose members were all null
-        encoded = (
-            encoded.str.replace_all(rf"([{{,])(?:{_EMPTY},)+", "${1}")  # followed by a member
-            .str.replace_all(rf"(?:,{_EMPTY})+}}", "}")  # the last members of an object
-            .str.replace_all(rf"\{{{_EMPTY}}}", "{}")  # the only member
-        )
-    return encoded
+    """Remove ``"name":null`` members from JSON objects (an empty ``_uncast`` is null)."""
+    return (
+        encoded.str.replace_all(rf"([{{,])(?:{_EMPTY},)+", "${1}")  # followed by a member
+        .str.replace_all(rf"(?:,{_EMPTY})+}}", "}")  # the last members of an object
+        .str.replace_all(rf"\{{{_EMPTY}}}", "{}")  # the only member
+    )
 
 
 def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr:
