@@ -9,6 +9,7 @@ from datetime import date
 import polars as pl
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from pydantic import SecretStr
 
 from blocks.nightscout import NightscoutSite
@@ -108,10 +109,11 @@ def test_run_names_say_what_and_which_sites(
 ) -> None:
     result = backfill(start=START, end=START, sites=site_blocks, chunk_days=1,
                       promote_to_main=False)
+    expected = f"backfill {START}..{START} sites=ns-clinic-a,ns-clinic-b"
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=50)
-    names = {r.name for r in runs}
-    assert f"backfill {START}..{START} sites=ns-clinic-a,ns-clinic-b" in names
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[expected])))
+    assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_completed()
     assert result["windows"] == 2
 
 
