@@ -8,7 +8,6 @@ the same days into a separate catalog (same run id and ingest time, so rows are 
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import multiprocessing
 import os
@@ -165,14 +164,15 @@ def test_eight_threads_writing_one_branch_lose_and_duplicate_nothing(
 
 # ---------------------------------------------------------------- separate processes
 
-# Writer processes are forked before this process starts any thread (the simulator's,
-# Polars' pool): a fork copies no thread but every lock, and a lock another thread held
-# would never be released in the child. Forking, unlike spawning, re-imports nothing.
-_FORK = multiprocessing.get_context("fork")
+# Writer processes come from a fork server: a clean process, started once with the heavy
+# modules preloaded, that forks each writer. Forking this test process instead would copy
+# the locks of the threads earlier tests left running (Prefect's, the simulator's, Polars'
+# pool) with nobody to release them in the child.
+_FORK = multiprocessing.get_context("forkserver")
+_FORK.set_forkserver_preload(["pyarrow.dataset", "pyarrow.parquet", "pyiceberg.io.pyarrow",
+                              "pandera.strategies", "sqlite3", "polars", "tasks.ingest"])
 _WRITERS = 4
 _barrier: Any = None
-_LAZY_IMPORTS = ("pyarrow.dataset", "pyarrow.parquet", "pyiceberg.io.pyarrow",
-                 "pandera.strategies", "sqlite3")
 
 
 def _join_barrier(barrier: Any) -> None:
@@ -180,12 +180,9 @@ def _join_barrier(barrier: Any) -> None:
     _barrier = barrier
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def writer_processes() -> Iterator[Any]:
-    """A pool of writer processes, forked first thing in this module (hence autouse)."""
-    for name in _LAZY_IMPORTS:  # imported on first write: once here, not in every child
-        importlib.import_module(name)
-    assert threading.active_count() == 1, "fork before any thread starts"
+    """A pool of writer processes, each forked from the fork server."""
     barrier = _FORK.Barrier(_WRITERS)
     with _FORK.Pool(_WRITERS, initializer=_join_barrier, initargs=(barrier,)) as pool:
         yield pool
