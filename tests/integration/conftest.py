@@ -95,12 +95,18 @@ def stack_simulator() -> Iterator[SimulatorServer]:
 def stack_site(stack_env: dict[str, str], stack_simulator: SimulatorServer, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> str:
     """Cascade on the stack profile, reading the session's simulator site; its site id."""
+    return use_site(monkeypatch, stack_simulator, SITE_ID, tmp_path / "cascade")
+
+
+def use_site(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, site_id: str,
+             home: Path) -> str:
+    """Point Cascade (stack profile) at ``site_id`` of ``server``, for one test."""
     monkeypatch.setenv("CASCADE_PROFILE", "stack")
-    monkeypatch.setenv("CASCADE_HOME", str(tmp_path / "cascade"))
-    monkeypatch.setenv("NIGHTSCOUT_URL", stack_simulator.url_for(SITE_ID))
+    monkeypatch.setenv("CASCADE_HOME", str(home))
+    monkeypatch.setenv("NIGHTSCOUT_URL", server.url_for(site_id))
     monkeypatch.setenv("NIGHTSCOUT_API_SECRET", SECRET)
-    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", SITE_ID)
+    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", site_id)
     monkeypatch.delenv("NIGHTSCOUT_TOKEN", raising=False)
     monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
-    stack_simulator.clear_faults()
-    return SITE_ID
+    server.clear_faults()
+    return site_id

@@ -19,7 +19,7 @@ from pyiceberg.expressions import EqualTo
 
 from tasks.lakehouse import read_table, stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
-from tests.integration.conftest import NOW, REPO, SECRET
+from tests.integration.conftest import NOW, REPO, SECRET, use_site
 from tests.integration.test_stack_pipeline import MARTS, _postgres_mart
 
 pytestmark = pytest.mark.stack
@@ -67,14 +67,7 @@ def crash_simulator() -> Iterator[SimulatorServer]:
 def crash_site(stack_env: dict[str, str], crash_simulator: SimulatorServer, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> str:
     """Cascade on the stack profile, reading this module's own simulated site."""
-    monkeypatch.setenv("CASCADE_PROFILE", "stack")
-    monkeypatch.setenv("CASCADE_HOME", str(tmp_path / "cascade"))
-    monkeypatch.setenv("NIGHTSCOUT_URL", crash_simulator.url_for(SITE.site_id))
-    monkeypatch.setenv("NIGHTSCOUT_API_SECRET", SECRET)
-    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", SITE.site_id)
-    monkeypatch.delenv("NIGHTSCOUT_TOKEN", raising=False)
-    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
-    return SITE.site_id
+    return use_site(monkeypatch, crash_simulator, SITE.site_id, tmp_path / "cascade")
 
 
 @pytest.mark.parametrize("point", sorted(DAYS))
