@@ -152,3 +152,50 @@ def test_publish_with_postgres_down_fails_and_the_marts_stay_as_they_were(
             conn.execute(sa.text("drop table mrt_fault_probe"))
     finally:
         engine.dispose()
+
+
+def _pg(tool: str, env: dict[str, str], *args: str) -> None:
+    """A Postgres client tool of the stack's major version, as docs/recover.md runs it."""
+    import os
+    import tomllib
+
+    major = tomllib.loads((REPO / "scripts" / "stack" / "versions.toml").read_text())[
+        "postgres"]["major"]
+    done = subprocess.run(
+        [f"/usr/lib/postgresql/{major}/bin/{tool}", "-h", env["POSTGRES_HOST"], "-p",
+         env["POSTGRES_PORT"], "-U", env["POSTGRES_USER"], *args],
+        env={**os.environ, "PGPASSWORD": env["POSTGRES_PASSWORD"]}, capture_output=True,
+        text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_nessie_restored_from_its_pg_dump_reads_and_time_travels_as_backed_up(
+    stack_site: str, stack_env: dict[str, str], tmp_path: object,
+) -> None:
+    """The backup of docs/recover.md: pg_dump of `nessie`, a later promote, then
+    pg_restore with Nessie stopped: main, the tag and the data are as at the dump."""
+    from pathlib import Path
+
+    from flows.pipeline import backfill
+
+    branches = stack_lakehouse().branches
+    first = backfill(start=date(2024, 4, 5), end=date(2024, 4, 5), chunk_days=1,
+                     dbt_node_tasks=False)
+    tag, main_at_dump = str(first["tag"]), branches.ref("main").hash
+    rows_at_dump = read_table(branches.catalog("main"), "raw.entries",
+                              EqualTo("site_id", stack_site)).height
+    dump = Path(str(tmp_path)) / "nessie.dump"
+    _pg("pg_dump", stack_env, "-Fc", "-f", str(dump), "nessie")
+
+    second = backfill(start=date(2024, 4, 6), end=date(2024, 4, 6), chunk_days=1,
+                      dbt_node_tasks=False)
+    assert branches.ref("main").hash != main_at_dump
+
+    with stopped("nessie"):
+        _pg("pg_restore", stack_env, "--clean", "--if-exists", "-d", "nessie", str(dump))
+    assert branches.ref("main").hash == main_at_dump
+    assert branches.ref(tag).hash == main_at_dump
+    assert str(second["tag"]) not in {r.name for r in branches.list_refs()}
+    for ref in ("main", tag):  # the files are still in the bucket: both read the same rows
+        entries = read_table(branches.catalog(ref), "raw.entries", EqualTo("site_id", stack_site))
+        assert entries.height == rows_at_dump > 200
