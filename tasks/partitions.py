@@ -63,13 +63,17 @@ def plan_partitions(ranges: dict[str, tuple[date, date]], chunk_days: int) -> li
     return out
 
 
-def _log(catalog: Catalog, sites: set[str], start: date, end: date) -> pl.DataFrame:
+def _log(catalog: Catalog, partitions: list[Partition]) -> pl.DataFrame:
+    """The ingest-log rows of the partitions' sites between their first and last day."""
+    sites = {p.site_id for p in partitions}
     if not sites or not catalog.table_exists(LOG_TABLE):
         return pl.DataFrame(schema={"site_id": pl.String(), "window_date": pl.Date(),
                                     "ingest_run_id": pl.String(), "table_name": pl.String(),
                                     **dict.fromkeys(_COUNTS, pl.Int64())})
+    start, end = min(p.start for p in partitions), max(p.end for p in partitions)
     where = And(In(term=Reference("site_id"), values={literal(s) for s in sites}),
-                And(GreaterThanOrEqual(term=Reference("window_date"), value=literal(start.isoformat())),
+                And(GreaterThanOrEqual(term=Reference("window_date"),
+                                       value=literal(start.isoformat())),
                     LessThan(term=Reference("window_date"), value=literal(end.isoformat()))))
     return read_table(catalog, LOG_TABLE, where)
 
@@ -78,11 +82,9 @@ def finished(branch: Catalog, main: Catalog, partitions: list[Partition]) -> set
     """The partitions whose every day the branch logged after it forked from ``main``."""
     if not partitions:
         return set()
-    sites = {p.site_id for p in partitions}
-    lo, hi = min(p.start for p in partitions), max(p.end for p in partitions)
     keys = ["site_id", "window_date", "ingest_run_id"]
-    ours = _log(branch, sites, lo, hi).select(keys).unique()
-    theirs = _log(main, sites, lo, hi).select(keys).unique()
+    ours = _log(branch, partitions).select(keys).unique()
+    theirs = _log(main, partitions).select(keys).unique()
     fresh = ours.join(theirs, on=keys, how="anti").select("site_id", "window_date").unique()
     logged = set(zip(fresh.get_column("site_id").to_list(),
                      fresh.get_column("window_date").to_list(), strict=True))
@@ -94,12 +96,10 @@ def ingest_totals(branch: Catalog, partitions: list[Partition]) -> dict[str, dic
     from the branch's ingest log (whichever run wrote each day)."""
     if not partitions:
         return {}
-    sites = {p.site_id for p in partitions}
-    lo, hi = min(p.start for p in partitions), max(p.end for p in partitions)
     wanted = pl.DataFrame([(p.site_id, d) for p in partitions for d in p.days()],
                           schema={"site_id": pl.String(), "window_date": pl.Date()},
                           orient="row")
-    log = _log(branch, sites, lo, hi).join(wanted, on=["site_id", "window_date"], how="semi")
+    log = _log(branch, partitions).join(wanted, on=["site_id", "window_date"], how="semi")
     sums = log.group_by("table_name").agg(pl.col(c).sum() for c in _COUNTS).sort("table_name")
     return {row["table_name"]: {c.removeprefix("n_"): int(row[c]) for c in _COUNTS}
             for row in sums.iter_rows(named=True)}
