@@ -51,7 +51,10 @@ def main(argv: list[str]) -> int:
         args = [*run, "python", str(ROOT / "scripts" / "stack.py"), *rest]
     else:
         args = [*run, "python", "-m", "flows", command, *rest]
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ}
+    # Prefect's temporary API server migrates a fresh database on its first start, which
+    # takes longer than its default 20 s wait on a 2-core machine: give it 3 minutes.
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", **os.environ}
     return subprocess.run(args, cwd=ROOT, env=env, check=False).returncode
 
 
