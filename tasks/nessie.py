@@ -33,6 +33,7 @@ from tasks.errors import (
     ConfigError,
     ServiceUnavailable,
 )
+from tasks.faults import fault_point
 from tasks.settings import StackSettings
 
 __all__ = ["NessieBranchCatalog"]
@@ -41,6 +42,10 @@ logger = logging.getLogger("cascade.nessie")
 
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 _READ_ATTEMPTS: Final = 4
+# The merge commit names the tag its promote leaves, so a tag lost to a crash between the
+# merge and the tag (two Nessie calls) is put back by the next merge: see ``_restore_tags``.
+_PROMOTE_MESSAGE: Final = re.compile(r"^cascade: promote (?P<branch>\S+) into (?P<into>\S+); "
+                                     r"tag (?P<tag>\S+)$")
 # the hash of a branch with no commits yet (a fresh Nessie's main): nothing to merge from
 NO_ANCESTOR: Final = "2e1cfa82b035c26cbbbdae632cea070514eb8b773f616aaeaf668e2f0be8f10d"
 
@@ -175,12 +180,13 @@ class NessieBranchCatalog:
                 f"{into} moved since it was checked (expected {expected_hash}, found "
                 f"{target.hash}); nothing was merged: re-run validation on {branch!r}", []
             )
+        self._restore_tags(into)
         source = self._get_ref(branch)
         tables = [c.table for c in self.diff(branch, into)]
         if target.hash == NO_ANCESTOR:
             return self._fast_forward(target, source, tables, tag)
-        body = {"fromRefName": branch, "fromHash": source.hash,
-                "message": f"cascade: promote {branch} into {into}"}
+        message = f"cascade: promote {branch} into {into}" + (f"; tag {tag}" if tag else "")
+        body = {"fromRefName": branch, "fromHash": source.hash, "message": message}
         try:
             result = self._call("POST", f"/trees/{target.pinned}/history/merge", json=body)
         except _Conflict as conflict:
@@ -192,9 +198,38 @@ class NessieBranchCatalog:
             ) from None
         after = str(result.get("resultantTargetHash") or self._get_ref(into).hash)
         self._catalogs.pop(into, None)
+        fault_point("promote-mid-merge")  # merged, not yet tagged: two calls, not one
         if tag is not None:
             self._create(tag, "TAG", f"{into}@{after}")
         return MergeResult(branch, into, tables, target.hash, after)
+
+    def _restore_tags(self, branch: str, depth: int = 50) -> list[str]:
+        """Tag promotes of ``branch`` whose tag is missing (a crash between merge and tag).
+
+        Nessie merges and tags in two calls; the merge commit's message names its tag, so
+        the next merge finds such a commit among the last ``depth`` and tags it where it
+        was merged, as the interrupted promote would have.
+        """
+        wanted = {}
+        for commit in self.history(branch, depth):
+            found = _PROMOTE_MESSAGE.match(str(commit.get("message") or ""))
+            if found and found["into"] == branch:
+                wanted[found["tag"]] = str(commit["hash"])
+        if not wanted:
+            return []
+        existing = {r.name for r in self.list_refs()}
+        restored = []
+        for name, commit_hash in wanted.items():
+            if name in existing:
+                continue
+            try:
+                self._create(name, "TAG", f"{branch}@{commit_hash}")
+            except BranchExists:  # a concurrent promote restored it first
+                continue
+            logger.warning("restored tag %s on %s@%s: its promote stopped after merging",
+                           name, branch, commit_hash[:12])
+            restored.append(name)
+        return restored
 
     def _fast_forward(self, target: _Ref, source: _Ref, tables: list[str],
                       tag: str | None) -> MergeResult:

@@ -138,3 +138,28 @@ def test_first_promote_into_a_branch_with_no_commits_fast_forwards(
     assert branches.ref(empty).hash == branches.ref(tag).hash == result.hash_after
     assert _rows(branches, empty, f"{ns}.t") == [1, 2, 3]
     assert f"{ns}.t" in result.tables
+
+
+def test_a_tag_lost_between_merge_and_tag_is_restored_by_the_next_merge(
+    nessie: tuple[NessieBranchCatalog, str],
+) -> None:
+    """Nessie merges and tags in two calls. A promote killed between them leaves main merged
+    and untagged; the next merge into main tags that commit as the promote would have."""
+    branches, ns = nessie
+    suffix = ns.removeprefix("contract_")
+    _write(branches, MAIN, f"{ns}.t", [1])
+    first, second = f"b1-{suffix}", f"b2-{suffix}"
+    lost, kept = f"promoted-b1-{suffix}", f"promoted-b2-{suffix}"
+    branches.create_branch(first)
+    _write(branches, first, f"{ns}.t", [1, 2])
+    merged = branches.merge(first, tag=lost)
+    branches.delete_branch(lost)  # as if the process died right after the merge call
+    assert lost not in {r.name for r in branches.list_refs()}
+
+    branches.create_branch(second)
+    _write(branches, second, f"{ns}.u", [3])
+    branches.merge(second, tag=kept)
+    refs = {r.name: r.hash for r in branches.list_refs()}
+    assert refs[lost] == merged.hash_after  # where the interrupted promote merged
+    assert refs[kept] == refs[MAIN] != merged.hash_after
+    assert _rows(branches, lost, f"{ns}.t") == [1, 2]
