@@ -14,10 +14,11 @@ import random
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -38,8 +39,10 @@ from pyiceberg.expressions import (
     Reference,
 )
 from pyiceberg.expressions.literals import literal
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import Table
-from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.transforms import DayTransform, IdentityTransform, Transform
 
 from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
 from tasks.nessie import NessieBranchCatalog
@@ -74,6 +77,7 @@ _TABLE_PROPERTIES: Final = {
     "commit.retry.num-retries": "0",
     "write.parquet.compression-codec": "zstd",
 }
+_FIRST_PARTITION_FIELD_ID: Final = 1000  # Iceberg numbers partition fields from 1000
 
 INGEST_LOG_SCHEMA: Final = pl.Schema(
     {
@@ -169,37 +173,71 @@ def _arrow_schema(schema: pl.Schema) -> pa.Schema:
 
 
 def ensure_table(catalog: Catalog, layout: TableLayout) -> Table:
-    """Load the table, creating it (with partitioning) or adding new columns as needed."""
-    namespace = layout.identifier.rsplit(".", 1)[0]
+    """Load the table, creating it (with its partitioning) or adding new columns as needed.
+
+    Safe against concurrent writers: the table is created with its partition spec in one
+    catalog commit, and spec or schema updates that lose a race are retried on the
+    reloaded table.
+    """
     try:
         table = catalog.load_table(layout.identifier)
     except NoSuchTableError:
-        try:
-            catalog.create_namespace(namespace)
-        except NamespaceAlreadyExistsError:
-            pass
-        try:
-            table = catalog.create_table(
-                layout.identifier, schema=_arrow_schema(layout.schema),
-                properties=_TABLE_PROPERTIES,
-            )
-            _partition(table, layout)
-        except TableAlreadyExistsError:  # a concurrent writer created it first
-            pass
-        table = catalog.load_table(layout.identifier)
-    _evolve(table, layout.schema)
-    return table
+        table = _create(catalog, layout)
+    table = _update_with_retry(catalog, layout.identifier, table, lambda t: _partition(t, layout))
+    return _update_with_retry(catalog, layout.identifier, table,
+                              lambda t: _evolve(t, layout.schema))
+
+
+def _create(catalog: Catalog, layout: TableLayout) -> Table:
+    """Create the table with its partition spec in one commit (or load a concurrent one's)."""
+    namespace = layout.identifier.rsplit(".", 1)[0]
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except Exception:  # another writer's namespace won the insert between check and write
+        if not catalog.namespace_exists(namespace):
+            raise
+    schema = _iceberg_schema(layout.schema)
+    try:
+        return catalog.create_table(layout.identifier, schema=schema,
+                                    partition_spec=_partition_spec(schema, layout),
+                                    properties=_TABLE_PROPERTIES)
+    except TableAlreadyExistsError:  # a concurrent writer created it first
+        return catalog.load_table(layout.identifier)
+
+
+def _iceberg_schema(schema: pl.Schema) -> Schema:
+    """The Iceberg schema of a Polars schema, with the field ids a new table gets."""
+    return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(_arrow_schema(schema)))
+
+
+def _partition_fields(layout: TableLayout) -> list[tuple[str, Transform[Any, Any], str]]:
+    """(source column, transform, partition field name): identity(site_id), then the day."""
+    fields: list[tuple[str, Transform[Any, Any], str]] = []
+    if "site_id" in layout.schema.names():
+        fields.append(("site_id", IdentityTransform(), "site_id"))
+    if layout.partition_time is not None:
+        fields.append((layout.partition_time, DayTransform(), f"{layout.partition_time}_day"))
+    return fields
+
+
+def _partition_spec(schema: Schema, layout: TableLayout) -> PartitionSpec:
+    fields = [PartitionField(source_id=schema.find_field(column).field_id,
+                             field_id=_FIRST_PARTITION_FIELD_ID + i, transform=transform, name=name)
+              for i, (column, transform, name) in enumerate(_partition_fields(layout))]
+    return PartitionSpec(*fields)
 
 
 def _partition(table: Table, layout: TableLayout) -> None:
-    by_site = "site_id" in layout.schema.names()
-    if not by_site and layout.partition_time is None:
-        return
-    with table.update_spec() as spec:
-        if by_site:
-            spec.add_field("site_id", IdentityTransform(), "site_id")
-        if layout.partition_time is not None:
-            spec.add_field(layout.partition_time, DayTransform(), f"{layout.partition_time}_day")
+    """Add declared partition fields the table lacks (a table created before specs were
+    part of creation, or by a writer that died between create and spec)."""
+    have = {field.name for field in table.spec().fields}
+    missing = [f for f in _partition_fields(layout) if f[2] not in have]
+    if missing:
+        with table.update_spec() as spec:
+            for column, transform, name in missing:
+                spec.add_field(column, transform, name)
 
 
 def _evolve(table: Table, schema: pl.Schema) -> None:
@@ -208,6 +246,27 @@ def _evolve(table: Table, schema: pl.Schema) -> None:
     if set(schema.names()) - known:
         with table.update_schema() as update:
             update.union_by_name(_arrow_schema(schema))
+
+
+def _update_with_retry(catalog: Catalog, identifier: str, table: Table,
+                       update: Callable[[Table], None]) -> Table:
+    """Apply a metadata ``update`` (a no-op when already applied), reloading the table and
+    retrying when a concurrent writer committed first."""
+    for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+        try:
+            update(table)
+            return table
+        except CommitFailedException:
+            if attempt == _COMMIT_ATTEMPTS:
+                raise
+            _back_off(identifier, attempt)
+            table = catalog.load_table(identifier)
+    return table
+
+
+def _back_off(identifier: str, attempt: int) -> None:
+    logger.info("commit conflict on %s, retry %d", identifier, attempt)
+    time.sleep(random.uniform(0.05, 0.2) * attempt)
 
 
 def site_window(layout: TableLayout, site_id: str, start: datetime | date | None = None,
@@ -269,8 +328,7 @@ def _overwrite_with_retry(catalog: Catalog, layout: TableLayout, data: pa.Table,
         except CommitFailedException:
             if attempt == _COMMIT_ATTEMPTS:
                 raise
-            logger.info("commit conflict on %s, retry %d", layout.identifier, attempt)
-            time.sleep(random.uniform(0.05, 0.2) * attempt)
+            _back_off(layout.identifier, attempt)
             table = catalog.load_table(layout.identifier)
     return None
 
