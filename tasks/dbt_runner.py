@@ -184,9 +184,22 @@ def _invoke_dbt(args: list[str], env: dict[str, str], in_prefect: bool) -> list[
     else:
         from dbt.cli.main import dbtRunner
 
-        result = dbtRunner().invoke([*args, *project])
+        result = dbtRunner(callbacks=_fault_callbacks()).invoke([*args, *project])
     _release_duckdb()
     return _node_results(result)
+
+
+def _fault_callbacks() -> list[Any]:
+    """The ``build-mid-dbt`` fault point, reached when dbt reports its first model built
+    (plain dbt only; registered only while a fault is asked for)."""
+    if not os.environ.get("CASCADE_FAULT"):
+        return []
+
+    def after_model(event: Any) -> None:
+        if event.info.name == "LogModelResult":
+            fault_point("build-mid-dbt")
+
+    return [after_model]
 
 
 def _release_duckdb() -> None:

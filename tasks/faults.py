@@ -7,8 +7,10 @@ Unset (always, outside tests), a fault point is one environment lookup.
 | point                   | where                                                          |
 | ----------------------- | -------------------------------------------------------------- |
 | ``ingest-mid-commit``   | after the first raw table of a window is committed, before the rest |
+| ``build-mid-dbt``       | while dbt runs, after its first model is built (plain dbt)     |
 | ``build-mid-export``    | after the first dbt model is landed in Iceberg, before the rest |
-| ``promote-mid-merge``   | inside the merge transaction, pointers moved, not yet committed |
+| ``promote-mid-merge``   | embedded: inside the merge transaction, pointers moved, not yet |
+|                         | committed; Nessie: merged, before the promote's tag is created  |
 | ``publish-mid-transaction`` | inside the marts transaction, first mart swapped, not committed |
 """
 
@@ -19,7 +21,7 @@ import signal
 
 __all__ = ["FAULT_POINTS", "fault_point"]
 
-FAULT_POINTS = ("ingest-mid-commit", "build-mid-export", "promote-mid-merge",
+FAULT_POINTS = ("ingest-mid-commit", "build-mid-dbt", "build-mid-export", "promote-mid-merge",
                 "publish-mid-transaction")
 
 

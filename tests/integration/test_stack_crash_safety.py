@@ -1,5 +1,6 @@
-"""kill -9 mid-commit and mid-publish on the stack: Nessie main and the Postgres marts are as
-before or as after, never between, and re-running the same parameters completes."""
+"""kill -9 mid-commit, mid-dbt, mid-merge and mid-publish on the stack: Nessie main and the
+Postgres marts are as before or as after, never between, and re-running the same parameters
+completes with every day once."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ import sqlalchemy as sa
 from pyiceberg.expressions import EqualTo
 
 from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.nessie import NO_ANCESTOR
 from tasks.simulator import SimulatorServer, SiteConfig
 from tests.integration.conftest import NOW, REPO, SECRET, use_site
 from tests.integration.test_stack_pipeline import MARTS, _postgres_mart
 
 pytestmark = pytest.mark.stack
 
-DAYS = {"ingest-mid-commit": "2024-04-01", "publish-mid-transaction": "2024-04-02"}
+DAYS = {"ingest-mid-commit": "2024-04-01", "publish-mid-transaction": "2024-04-02",
+        "build-mid-dbt": "2024-04-03", "promote-mid-merge": "2024-04-04"}
+# Nessie merges in one call and tags in another: killed between, main is as after
+PROMOTED = ("publish-mid-transaction", "promote-mid-merge")
 
 
 def _backfill(day: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,18 +81,26 @@ def test_kill_9_on_the_stack_is_all_or_nothing_and_a_rerun_heals(
 ) -> None:
     stack_site = crash_site
     branches = stack_lakehouse().branches
+    if branches.ref("main").hash == NO_ANCESTOR:  # a first promote fast-forwards: no merge
+        assert _backfill("2024-03-31").returncode == 0
     main_before, marts_before = branches.ref("main").hash, _marts(stack_site)
+    tags_before = {r.name for r in branches.list_refs() if r.kind == "tag"}
 
     crashed = _backfill(DAYS[point], fault=point)
     assert crashed.returncode == -signal.SIGKILL, (crashed.stdout + crashed.stderr)[-2000:]
-    if point == "publish-mid-transaction":
-        assert branches.ref("main").hash != main_before  # promoted: main is as after
+    main_crashed = branches.ref("main").hash
+    if point in PROMOTED:
+        assert main_crashed != main_before  # merged: main is as after
     else:
-        assert branches.ref("main").hash == main_before  # exactly as before
+        assert main_crashed == main_before  # exactly as before
     assert _same(_marts(stack_site), marts_before)  # Postgres rolled the transaction back
 
     done = _backfill(DAYS[point])  # the same parameters again
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    if point == "promote-mid-merge":  # the lost tag is put back where the merge landed
+        tags = {r.name: r.hash for r in branches.list_refs() if r.kind == "tag"}
+        lost = [n for n in tags.keys() - tags_before if tags[n] == main_crashed]
+        assert len(lost) == 1, sorted(tags.keys() - tags_before)
     entries = read_table(branches.catalog("main"), "raw.entries", EqualTo("site_id", stack_site))
     day = entries.filter(pl.col("entry_at").dt.date() == date.fromisoformat(DAYS[point]))
     assert day.height > 200
