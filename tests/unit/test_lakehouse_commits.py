@@ -1,0 +1,125 @@
+"""replace_rows: one commit per window, appending when nothing is replaced, never duplicating."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pyiceberg.catalog import Catalog
+
+from tasks.branches import EmbeddedBranchCatalog
+from tasks.lakehouse import TableLayout, read_table, replace_rows, site_window
+
+LAYOUT = TableLayout("raw.readings", pl.Schema({"site_id": pl.String(),
+                                                "read_at": pl.Datetime("us", "UTC"),
+                                                "value": pl.Int64()}), "read_at", "read_at")
+DAY = datetime(2024, 3, 1, tzinfo=UTC)
+ONE_DAY = timedelta(days=1)
+
+
+def _branches(home: Path) -> EmbeddedBranchCatalog:
+    return EmbeddedBranchCatalog(home / "catalog.db", home / "warehouse")
+
+
+def _rows(site: str, day: datetime, values: list[int]) -> pl.DataFrame:
+    at = [day + timedelta(minutes=5 * i) for i in range(len(values))]
+    return pl.DataFrame({"site_id": site, "read_at": at, "value": values},
+                        schema=LAYOUT.schema)
+
+
+def _write(catalog: Catalog, site: str, day: datetime, values: list[int]) -> int | None:
+    return replace_rows(catalog, LAYOUT, _rows(site, day, values),
+                        site_window(LAYOUT, site, day, day + ONE_DAY))
+
+
+def _values(catalog: Catalog, site: str, day: datetime) -> list[int]:
+    frame = read_table(catalog, LAYOUT.identifier).filter(
+        (pl.col("site_id") == site) & (pl.col("read_at").dt.date() == day.date()))
+    return sorted(frame.get_column("value"))
+
+
+def _operations(catalog: Catalog) -> list[str]:
+    table = catalog.load_table(LAYOUT.identifier)
+    return [s.summary.operation.value for s in table.snapshots() if s.summary is not None]
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    return _branches(tmp_path).catalog("main")
+
+
+def test_a_new_window_is_one_append_snapshot(catalog: Catalog) -> None:
+    _write(catalog, "a", DAY, [1, 2])
+    _write(catalog, "a", DAY + ONE_DAY, [3])
+    _write(catalog, "b", DAY, [4])
+
+    assert _operations(catalog) == ["append", "append", "append"]
+    assert read_table(catalog, LAYOUT.identifier).height == 4
+
+
+def test_rewriting_a_window_replaces_only_that_sites_rows_in_it(catalog: Catalog) -> None:
+    _write(catalog, "a", DAY, [1, 2, 3])
+    _write(catalog, "a", DAY + ONE_DAY, [4])
+    _write(catalog, "b", DAY, [5])
+
+    _write(catalog, "a", DAY, [7])
+
+    assert _values(catalog, "a", DAY) == [7]
+    assert _values(catalog, "a", DAY + ONE_DAY) == [4]
+    assert _values(catalog, "b", DAY) == [5]
+    assert _operations(catalog)[-2:] == ["delete", "append"]
+
+
+def test_an_empty_window_with_nothing_to_replace_commits_nothing(catalog: Catalog) -> None:
+    _write(catalog, "a", DAY, [1])
+    before = catalog.load_table(LAYOUT.identifier).current_snapshot()
+
+    assert _write(catalog, "a", DAY + ONE_DAY, []) is None
+
+    assert catalog.load_table(LAYOUT.identifier).current_snapshot() == before
+
+
+def test_an_empty_window_deletes_what_the_window_held(catalog: Catalog) -> None:
+    _write(catalog, "a", DAY, [1, 2])
+
+    _write(catalog, "a", DAY, [])
+
+    assert read_table(catalog, LAYOUT.identifier).height == 0
+
+
+def test_a_writer_behind_another_process_replans_and_never_duplicates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ours, theirs = _branches(tmp_path).catalog("main"), _branches(tmp_path).catalog("main")
+    _write(ours, "a", DAY, [1])  # ours now holds the table as of this commit
+    _write(theirs, "a", DAY + ONE_DAY, [2, 3])  # moves the table under ours
+
+    with caplog.at_level(logging.INFO, logger="cascade.lakehouse"):
+        _write(ours, "a", DAY + ONE_DAY, [9])  # planned as an append on ours' old snapshot
+
+    assert "commit conflict on raw.readings, retry 1" in caplog.text
+    assert _values(theirs, "a", DAY + ONE_DAY) == [9]
+    assert _values(theirs, "a", DAY) == [1]
+
+
+def test_writes_never_warn_or_touch_the_warning_filters(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_thread_safe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("warnings.catch_warnings swaps the process-wide filters")
+
+    _write(catalog, "a", DAY, [1])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        monkeypatch.setattr(warnings, "catch_warnings", not_thread_safe)
+        _write(catalog, "a", DAY + ONE_DAY, [2])  # nothing to replace
+        _write(catalog, "a", DAY, [3])  # replaces day one
+        _write(catalog, "b", DAY, [])  # nothing at all
+        assert warnings.filters == filters
+
+    assert [str(w.message) for w in seen] == []
