@@ -23,6 +23,8 @@ from typing import Any, Final
 __all__ = [
     "LIBRARIES",
     "Summary",
+    "chain_overhead_rows",
+    "chain_stage_rows",
     "figure_row",
     "machine_facts",
     "ratios",
@@ -114,6 +116,65 @@ def target_rows(figures: list[Figure]) -> list[dict[str, Any]]:
     return out
 
 
+_CHAIN_FIGURES: Final = (
+    ("process_s", "process: launch → flow returned"),
+    ("startup_s", "start-up: launch → parent start"),
+    ("imports_s", "start-up, imports: launch → flows imported"),
+    ("api_start_s", "start-up, API start: flows imported → parent start"),
+    ("parent_wall_s", "parent flow run wall"),
+    ("between_stages_s", "between stages"),
+    ("outside_task_runs_s", "outside task runs (upper bound of Prefect overhead)"),
+    ("sampled_cascade_s", "sampled: Cascade code running"),
+    ("sampled_prefect_s", "sampled: Prefect only (outside our code)"),
+    ("sampled_waiting_s", "sampled: waiting"),
+    ("tail_s", "tail: parent end → flow returned"),
+    ("flow_runs", "flow runs created"),
+    ("task_runs", "task runs created (subflow placeholders excluded)"),
+)
+_COUNTS: Final = ("flow_runs", "task_runs")
+_BEFORE_PARENT: Final = ("process_s", "startup_s", "imports_s", "api_start_s")
+
+
+def _breakdowns(figure: Figure) -> list[dict[str, Any]]:
+    return [r["breakdown"] for r in figure.get("runs", []) if "breakdown" in r]
+
+
+def chain_stage_rows(figure: Figure) -> list[dict[str, Any]]:
+    """Per stage of a chain figure: wall min/median, share of the parent wall (median),
+    task runs and time inside them (median), over the runs that had the stage."""
+    runs = _breakdowns(figure)
+    names = list(dict.fromkeys(n for b in runs for n in b["stages"]))
+    rows = []
+    for name in names:
+        had = [b["stages"][name] for b in runs if name in b["stages"]]
+        wall = summarise([s["wall_s"] for s in had])
+        rows.append({"size": figure["size"], "stage": name, "runs": len(had),
+                     "wall_s_min": wall.min, "wall_s_median": wall.median,
+                     "share_median": statistics.median(s["share"] for s in had),
+                     "task_runs_median": statistics.median(s["task_runs"] for s in had),
+                     "in_task_runs_s_median": statistics.median(
+                         s["in_task_runs_s"] for s in had)})
+    return rows
+
+
+def chain_overhead_rows(figure: Figure) -> list[dict[str, Any]]:
+    """Run counts, start-up and overhead figures of a chain figure: min/median over runs,
+    and the median of each run's figure ÷ its parent wall (counts have no share)."""
+    runs = _breakdowns(figure)
+    rows = []
+    for key, label in _CHAIN_FIGURES:
+        have = [b for b in runs if key in b]
+        if not have:
+            continue
+        values = summarise([b[key] for b in have])
+        share = (float("nan") if key in _COUNTS or key in _BEFORE_PARENT
+                 else statistics.median(b[key] / b["parent_wall_s"] for b in have
+                                        if b["parent_wall_s"] > 0))
+        rows.append({"size": figure["size"], "figure": key, "label": label,
+                     "min": values.min, "median": values.median, "share_median": share})
+    return rows
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -154,8 +215,11 @@ def machine_facts() -> dict[str, Any]:
 def to_json(result: dict[str, Any]) -> str:
     """The run as JSON: meta, raw samples, summaries, ratios and targets."""
     figures = result["figures"]
+    chain = [f for f in figures if f["benchmark"] == "chain" and _breakdowns(f)]
     full = {**result, "summary": [figure_row(f) for f in figures],
-            "ratios": ratios(figures), "targets": target_rows(figures)}
+            "ratios": ratios(figures), "targets": target_rows(figures),
+            "chain_stages": [r for f in chain for r in chain_stage_rows(f)],
+            "chain_overhead": [r for f in chain for r in chain_overhead_rows(f)]}
     return json.dumps(full, indent=2, default=_plain) + "\n"
 
 
@@ -219,8 +283,36 @@ def _hygiene_table(hygiene: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _pct(share: float) -> str:
+    return "—" if math.isnan(share) else f"{100 * share:.1f} %"
+
+
+def _chain_tables(figures: list[Figure]) -> list[str]:
+    chain = [f for f in figures if f["benchmark"] == "chain" and _breakdowns(f)]
+    if not chain:
+        return []
+    lines = ["", ("| chain run | stage | runs | wall min s | wall median s | share of parent "
+                 "(median) | task runs | in task runs s (median) |"),
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for f in chain:
+        lines += [f"| {r['size']} | {r['stage']} | {r['runs']} | {r['wall_s_min']:.2f} "
+                  f"| {r['wall_s_median']:.2f} | {_pct(r['share_median'])} "
+                  f"| {r['task_runs_median']:.0f} | {r['in_task_runs_s_median']:.2f} |"
+                  for r in chain_stage_rows(f)]
+    lines += ["", "| chain run | figure | min | median | of parent wall (median) |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    for f in chain:
+        for r in chain_overhead_rows(f):
+            digits = 0 if r["figure"] in _COUNTS else 2
+            unit = "" if r["figure"] in _COUNTS else " s"
+            lines.append(f"| {r['size']} | {r['label']} | {_num(r['min'], digits)}{unit} "
+                         f"| {_num(r['median'], digits)}{unit} | {_pct(r['share_median'])} |")
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    """The run as markdown: machine line, figures, ratios, targets and Iceberg hygiene."""
+    """The run as markdown: machine line, figures, ratios, targets, chain stages and
+    overhead, Iceberg hygiene."""
     meta = result["meta"]
     machine = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
@@ -230,6 +322,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"load average (1/5/15 min) {load}; Python {machine['python']}; {versions}; "
             f"{meta['started_at']}, {meta.get('wall_s', 0):.0f} s in all."), ""]
     body = (_figures_table(result["figures"]) + _ratio_table(result["figures"])
-            + _target_table(result["figures"]) + _hygiene_table(result.get("hygiene", {})))
+            + _target_table(result["figures"]) + _chain_tables(result["figures"])
+            + _hygiene_table(result.get("hygiene", {})))
     notes = [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(head + body + ([""] + notes if notes else [])) + "\n"

@@ -11,10 +11,15 @@ Benchmarks (``--only``, default all):
   destination, Iceberg table format); rows/s and the ratio.
 - ``shape``: shaping + contract alone on ``--shape-rows`` pre-fetched readings, one core.
 - ``scale``: Cascade ingesting ``--scale`` site-years: wall time and peak memory, plotted.
-- ``chain``: the whole chain (``python -m flows backfill``, plain dbt) for ``--chain-days``.
+- ``chain``: the whole chain (ingest → dbt build → validate → promote → publish) through
+  Prefect's ephemeral API, embedded profile: the ``daily`` flow for one day and a
+  ``backfill`` of each of ``--chain-days`` (``--chain-flows``), dbt plain and/or one task
+  per node (``--chain-dbt``). Each run's flow runs and task runs are read back from the
+  API: stage wall times and shares, runs created, start-up and Prefect overhead
+  (``bench/_overhead.py`` defines each figure).
 
 Every run is a fresh process (``seconds`` excludes imports and start-up, except for
-``chain``, which is the process's wall time); the simulator runs in this process, with
+``chain``: process launch → the flow call returning); the simulator runs in this process, with
 every day it serves generated before any timing starts. Iceberg hygiene (snapshots, data
 files, average file size) comes from the last run of the largest ingest. Prints the
 tables, writes them as markdown (``--out-md``) and JSON (``--out-json``), and the scaling
@@ -42,11 +47,14 @@ REPO: Final = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(REPO))
 
+from bench._overhead import DEFINITIONS as CHAIN_DEFINITIONS
 from bench._report import machine_facts, render_markdown, to_json
 
 __all__ = ["main", "parse_args"]
 
 BENCHMARKS: Final = ("ingest", "shape", "scale", "chain")
+CHAIN_FLOWS: Final = ("daily", "backfill")
+CHAIN_DBT: Final = {"plain": False, "nodes": True}
 NOW: Final = datetime(2025, 1, 2, tzinfo=UTC)
 END: Final = NOW.date() - timedelta(days=1)
 SECRET: Final = "bench-secret"
@@ -71,7 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=_ints, default=[1, 10], help="site-years, e.g. 1,10,100")
     p.add_argument("--scale-repeat", type=int, default=1,
                    help="runs per scaling point (default 1: each is minutes)")
-    p.add_argument("--chain-days", type=int, default=1)
+    p.add_argument("--chain-days", type=_ints, default=[365],
+                   help="backfill sizes in days, e.g. 1,365 (daily is always one day)")
+    p.add_argument("--chain-flows", default=",".join(CHAIN_FLOWS),
+                   help="chain: daily, backfill or both")
+    p.add_argument("--chain-dbt", default="plain",
+                   help="chain: plain (dbt_node_tasks=False), nodes (a task per dbt node) "
+                        "or both")
     p.add_argument("--quick", action="store_true",
                    help="1-day ingest, 50k rows, 1 site-year, no chain, 1 run each")
     p.add_argument("--out-json", type=Path, default=REPO / "docs" / "bench-results.json")
@@ -85,9 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.only = ",".join(b for b in args.only.split(",") if b != "chain")
     args.only = [b for b in args.only.split(",") if b]
     args.systems = [s for s in args.systems.split(",") if s]
-    unknown = set(args.only) - set(BENCHMARKS)
-    if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; pick from {BENCHMARKS}")
+    args.chain_flows = [f for f in args.chain_flows.split(",") if f]
+    args.chain_dbt = [d for d in args.chain_dbt.split(",") if d]
+    for given, allowed in ((args.only, BENCHMARKS), (args.chain_flows, CHAIN_FLOWS),
+                           (args.chain_dbt, tuple(CHAIN_DBT))):
+        unknown = set(given) - set(allowed)
+        if unknown:
+            p.error(f"unknown choice(s) {sorted(unknown)}; pick from {allowed}")
     return args
 
 
@@ -97,6 +115,7 @@ _CHILDREN: Final[dict[str, str]] = {
     "cascade-ingest": "bench._cascade:ingest_sites",
     "cascade-shape": "bench._cascade:shape_and_check",
     "dlt-ingest": "bench._dlt:ingest_site",
+    "cascade-chain": "bench._chain:run_chain",
 }
 
 
@@ -107,15 +126,19 @@ def _child_main(kind: str, spec_json: str) -> None:
     print("\n" + json.dumps(func(json.loads(spec_json))), flush=True)
 
 
-def _run_child(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict:
+def _run_child(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None,
+               unset: tuple[str, ...] = ()) -> dict[str, Any]:
     """One timed run in a fresh interpreter; its last stdout line is its JSON result."""
+    full = {k: v for k, v in {**os.environ, **_QUIET_ENV, **(env or {})}.items()
+            if k not in unset}
     done = subprocess.run(
         [sys.executable, "-m", "bench.suite", "--child", kind, json.dumps(spec)],
-        cwd=REPO, env={**os.environ, **_QUIET_ENV, **(env or {})}, capture_output=True,
-        text=True, timeout=_CHILD_TIMEOUT_S, check=False)
+        cwd=REPO, env=full, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S,
+        check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 _QUIET_ENV: Final = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
@@ -160,8 +183,9 @@ def _warm_plan(args: argparse.Namespace, sites: dict[str, Any]) -> list[Any]:
         return [END - timedelta(days=i) for i in range(-margin, n + margin)]
 
     all3 = ("entries", "treatments", "devicestatus")
-    year = max([*args.ingest_days, 365 if "scale" in args.only else 0])
-    plan = [(s, days(year), all3) for k, s in sites.items() if k != "libre"]
+    chain = args.chain_days if "chain" in args.only else []
+    year = max([*args.ingest_days, *chain, 365 if "scale" in args.only else 0])
+    plan: list[tuple[Any, list[date], tuple[str, ...]]] = [(s, days(year), all3) for k, s in sites.items() if k != "libre"]
     if "libre" in sites:
         plan.append((sites["libre"], days(_shape_days(args.shape_rows)), ("entries",)))
     return plan
@@ -176,7 +200,7 @@ def _simulator(args: argparse.Namespace) -> Iterator[tuple[Any, dict[str, Any]]]
     # The server keeps 1,500 days per process; 10 site-years are ~11,000 (about 1.5 GB).
     server_module._day_index = lru_cache(maxsize=None)(server_module._day_index.__wrapped__)
     sites = _sites(args)
-    history = max([*args.ingest_days, 365, _shape_days(args.shape_rows)]) + 10
+    history = max([*args.ingest_days, *args.chain_days, 365, _shape_days(args.shape_rows)]) + 10
     started = time.perf_counter()
     count = _warm(server_module, _warm_plan(args, sites))
     print(f"simulator: {len(sites)} sites, {count:,} site-days generated in "
@@ -188,7 +212,7 @@ def _simulator(args: argparse.Namespace) -> Iterator[tuple[Any, dict[str, Any]]]
 # ----------------------------------------------------------------------------- benchmarks
 
 
-def _figure(benchmark: str, system: str, size: str, runs: list[dict]) -> dict[str, Any]:
+def _figure(benchmark: str, system: str, size: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     keep = [{k: v for k, v in r.items() if k != "hygiene"} for r in runs]
     return {"benchmark": benchmark, "system": system, "size": size,
             "rows": runs[-1].get("rows", 0), "seconds": [r["seconds"] for r in runs],
@@ -213,7 +237,7 @@ def _dlt_available() -> bool:
     return True
 
 
-def run_ingest(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> None:
+def run_ingest(sim: Any, args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
     """Cascade and dlt, each size, ``--repeat`` runs each, interleaved run by run."""
     systems = list(args.systems)
     if "dlt" in systems and not _dlt_available():
@@ -222,7 +246,7 @@ def run_ingest(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> 
                                "(UV_PROJECT_ENVIRONMENT=.venv-bench uv sync --group bench)")
     largest = max(args.ingest_days)
     for days in args.ingest_days:
-        runs: dict[str, list[dict]] = {s: [] for s in systems}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for i in range(args.repeat):
             for system in systems:
                 last = days == largest and i == args.repeat - 1
@@ -257,7 +281,7 @@ def _prefetch_entries(sim: Any, rows: int, work: Path) -> dict[str, Any]:
             "start": start.isoformat(), "end": end.isoformat()}
 
 
-def run_shape(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> None:
+def run_shape(sim: Any, args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
     """Shaping + contract of pre-fetched readings, one core, ``--repeat`` runs."""
     spec = _prefetch_entries(sim, args.shape_rows, work)
     runs = []
@@ -268,7 +292,7 @@ def run_shape(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> N
                                      f"{args.shape_rows:,} readings, 1 core", runs))
 
 
-def run_scale(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> None:
+def run_scale(sim: Any, args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
     """Cascade ingesting N site-years (N sites, 365 days each): wall time and peak memory."""
     year = next((f for f in result["figures"] if f["benchmark"] == "ingest"
                  and f["system"] == "cascade" and f["size"] == "365 d"), None)
@@ -292,32 +316,64 @@ def run_scale(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> N
             "over the suite's 15-minute budget; see the extrapolation in the plot")
 
 
-def _chain_once(sim: Any, days: int, work: Path, prefect_home: Path) -> float:
+def _chain_runs(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """(flow, days, dbt mode) of every chain figure: daily once, backfill per size."""
+    sizes = {"daily": [1], "backfill": args.chain_days}
+    return [(flow, days, dbt) for dbt in args.chain_dbt for flow in args.chain_flows
+            for days in sizes[flow]]
+
+
+def _chain_spec(flow: str, days: int, dbt: str, args: argparse.Namespace) -> dict[str, Any]:
     start = END - timedelta(days=days - 1)
-    env = {**os.environ, **_QUIET_ENV, "NIGHTSCOUT_URL": sim.url_for("a"),
-           "NIGHTSCOUT_API_SECRET": SECRET, "NIGHTSCOUT_SITE_ID": "a",
-           "CASCADE_PROFILE": "embedded", "PREFECT_HOME": str(prefect_home),
+    return {"flow": flow, "day": END.isoformat(), "start": start.isoformat(),
+            "end": END.isoformat(), "chunk_days": args.chunk_days, "workers": args.workers,
+            "node_tasks": CHAIN_DBT[dbt]}
+
+
+def _chain_once(sim: Any, spec: dict[str, Any], work: Path, prefect_home: Path) -> dict[str, Any]:
+    env = {"NIGHTSCOUT_URL": sim.url_for("a"), "NIGHTSCOUT_API_SECRET": SECRET,
+           "NIGHTSCOUT_SITE_ID": "a", "CASCADE_PROFILE": "embedded",
+           "PREFECT_HOME": str(prefect_home),
            "CASCADE_HOME": tempfile.mkdtemp(prefix="chain-", dir=work),
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # slow on a busy machine
-    env.pop("PREFECT_API_URL", None)
+    return _run_child("cascade-chain", {**spec, "launched_at": time.time()}, env,
+                      unset=("PREFECT_API_URL",))
+
+
+def _chain_label(flow: str, days: int, dbt: str) -> str:
+    return f"{flow} {days} d, {'plain dbt' if dbt == 'plain' else 'a task per dbt node'}"
+
+
+def _migrate_prefect_db(prefect_home: Path, result: dict[str, Any]) -> None:
+    """Create Prefect's database before any timed run, as an installed Prefect has it:
+    otherwise the first run's start-up would include the schema migrations."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows", "backfill", str(start), str(END),
-                           "--chunk-days", "1", "--plain-dbt"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, check=False)
+    done = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade",
+                           "-y"], cwd=REPO, env={**os.environ, **_QUIET_ENV,
+                                                 "PREFECT_HOME": str(prefect_home)},
+                          capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"chain run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return time.perf_counter() - started
+        raise RuntimeError(f"prefect database upgrade failed:\n{done.stderr[-2000:]}")
+    result["notes"].append(f"chain: Prefect's SQLite database created and migrated before "
+                           f"the timed runs ({time.perf_counter() - started:.0f} s, not "
+                           "counted); every run starts its own ephemeral API server on it")
 
 
-def run_chain(sim: Any, args: argparse.Namespace, work: Path, result: dict) -> None:
-    """Whole chain through Prefect, a fresh process per run (wall time incl. start-up)."""
+def run_chain(sim: Any, args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
+    """Whole chain through Prefect, a fresh process per run, read back from its API."""
     prefect_home = work / "prefect-home"
-    runs = []
-    for i in range(args.repeat):
-        runs.append({"seconds": _chain_once(sim, args.chain_days, work, prefect_home)})
-        print(f"  chain run {i + 1}: {runs[-1]['seconds']:.1f} s", flush=True)
-    result["figures"].append(_figure("chain (backfill, plain dbt)", "cascade",
-                                     f"{args.chain_days} d, process wall", runs))
+    _migrate_prefect_db(prefect_home, result)
+    for flow, days, dbt in _chain_runs(args):
+        spec, label, runs = _chain_spec(flow, days, dbt, args), _chain_label(flow, days, dbt), []
+        for i in range(args.repeat):
+            runs.append(_chain_once(sim, spec, work, prefect_home))
+            b = runs[-1]["breakdown"]
+            print(f"  chain {label} run {i + 1}: process {runs[-1]['seconds']:.1f} s, parent "
+                  f"{b['parent_wall_s']:.1f} s, {b['flow_runs']} flow runs, "
+                  f"{b['task_runs']} task runs", flush=True)
+        result["figures"].append(_figure("chain", "cascade", label, runs))
+    if CHAIN_DEFINITIONS[0] not in result["notes"]:
+        result["notes"] += list(CHAIN_DEFINITIONS)
 
 
 _RUNNERS: Final = {"ingest": run_ingest, "shape": run_shape, "scale": run_scale,
@@ -327,7 +383,7 @@ _RUNNERS: Final = {"ingest": run_ingest, "shape": run_shape, "scale": run_scale,
 # ----------------------------------------------------------------------------- output
 
 
-def plot_scaling(figures: list[dict], path: Path) -> bool:
+def plot_scaling(figures: list[dict[str, Any]], path: Path) -> bool:
     """Wall time and peak memory against site-years, with a linear extrapolation to 100."""
     points = sorted((int(f["size"].split()[0]), f) for f in figures if f["benchmark"] == "scale")
     if not points:
@@ -346,14 +402,15 @@ def plot_scaling(figures: list[dict], path: Path) -> bool:
         rate = (secs[-1] - secs[0]) / (xs[-1] - xs[0])
         ax.plot([xs[-1], 100], [secs[-1], secs[-1] + rate * (100 - xs[-1])], ":",
                 color="tab:blue", label="wall time, extrapolated")
-    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("site-years ingested (one process)"), ax.set_ylabel("seconds")
     twin = ax.twinx()
     twin.plot(xs, mem, "s--", color="tab:red", label="peak RSS")
     twin.axhline(2048, color="tab:red", alpha=0.3, lw=1, label="2 GiB target (100 site-years)")
     twin.set_ylabel("peak RSS, MiB"), twin.set_ylim(0, max(2300, max(mem) * 1.1))
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
+    ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="upper left", fontsize=8)
     ax.set_title("Cascade ingestion cost growth (embedded profile, 2 windows in flight)",
                  fontsize=9)
     fig.tight_layout()
