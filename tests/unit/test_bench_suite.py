@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from bench._report import figure_row, ratios, render_markdown, summarise, target_rows, to_json
-from bench.suite import parse_args, plot_scaling
+from bench._overhead import chain_breakdown, sample_split, union_seconds
+from bench._report import (
+    chain_overhead_rows,
+    chain_stage_rows,
+    figure_row,
+    ratios,
+    render_markdown,
+    summarise,
+    target_rows,
+    to_json,
+)
+from bench.suite import _chain_runs, parse_args, plot_scaling
 
 
 def _figure(benchmark: str, system: str, size: str, rows: int, seconds: list[float],
@@ -115,3 +125,122 @@ def test_cascade_ingest_of_one_day_reports_rows_time_memory_and_hygiene(tmp_path
     assert out["peak_rss_mib"] > 0 and out["cpu_s"] > 0
     tables = {t["table"]: t for t in out["hygiene"]}
     assert tables["raw.entries"]["snapshots"] == 1 and tables["raw.entries"]["data_files"] == 1
+
+
+def test_union_seconds_merges_overlaps_and_clips_to_the_window() -> None:
+    intervals = [(0.0, 4.0), (2.0, 6.0), (10.0, 12.0), (11.0, 11.5), (5.0, 5.5)]
+    assert union_seconds(intervals) == 8.0  # [0, 6] and [10, 12]
+    assert union_seconds(intervals, within=(3.0, 11.0)) == 4.0  # [3, 6] and [10, 11]
+    assert union_seconds([(5.0, 4.0), (1.0, 1.0)]) == 0.0
+    assert union_seconds([]) == 0.0
+
+
+def test_sample_split_counts_each_sample_for_the_time_before_it_inside_the_window() -> None:
+    samples = [(1.0, 1.0, "cascade"), (2.0, 1.0, "prefect"), (3.5, 1.5, "waiting"),
+               (4.0, 0.5, "cascade")]
+    assert sample_split(samples, (0.5, 3.0)) == {"cascade": 0.5, "prefect": 1.0,
+                                                 "waiting": 1.0}
+
+
+def _chain_run() -> dict[str, object]:
+    """A parent 10 → 110 s: ingest tasks 12-30 (two overlapping windows), build 40-80 with
+    one task 42-50 and a nested subflow 60-70 holding a task 61-65, validate 85-95, a
+    publish placeholder task run that must not count as work."""
+    parent = {"id": "p", "name": "daily", "start": 10.0, "end": 110.0}
+    flows = [
+        {"id": "b", "name": "build_branch", "parent": "p", "parent_task_run_id": "xb",
+         "start": 40.0, "end": 80.0},
+        {"id": "n", "name": "nested", "parent": "b", "parent_task_run_id": "xn",
+         "start": 60.0, "end": 70.0},
+        {"id": "v", "name": "validate", "parent": "p", "parent_task_run_id": "xv",
+         "start": 85.0, "end": 95.0},
+    ]
+
+    def task(tid: str, flow: str, start: float, end: float) -> dict[str, object]:
+        return {"id": tid, "name": tid, "flow_run_id": flow, "start": start, "end": end,
+                "total_run_time": end - start}
+
+    tasks = [task("i1", "p", 12.0, 25.0), task("i2", "p", 20.0, 30.0),
+             task("t1", "b", 42.0, 50.0), task("t2", "n", 61.0, 65.0),
+             task("t3", "v", 86.0, 94.0), task("xb", "p", 40.0, 80.0),
+             task("xn", "b", 60.0, 70.0), task("xv", "p", 85.0, 95.0)]
+    samples = [(20.0, 10.0, "cascade"), (30.0, 10.0, "prefect"), (115.0, 5.0, "cascade")]
+    return {"launched_at": 0.0, "imported_at": 4.0, "returned_at": 112.0, "parent": parent,
+            "flow_runs": flows,
+            "task_runs": tasks, "samples": samples}
+
+
+def test_chain_breakdown_gives_stage_shares_counts_and_overhead() -> None:
+    b = chain_breakdown(_chain_run())
+    assert (b["process_s"], b["startup_s"], b["tail_s"], b["parent_wall_s"]) == (
+        112.0, 10.0, 2.0, 100.0)
+    assert (b["imports_s"], b["api_start_s"]) == (4.0, 6.0)
+    assert b["flow_runs"] == 4  # the parent, two stages and the nested subflow
+    assert b["task_runs"] == 5 and b["subflow_placeholder_task_runs"] == 3
+    assert b["task_total_run_time_s"] == 13.0 + 10.0 + 8.0 + 4.0 + 8.0
+    stages = b["stages"]
+    assert list(stages) == ["ingest", "build_branch", "validate"]
+    assert stages["ingest"] == {"wall_s": 18.0, "share": 0.18, "runs": 1, "task_runs": 2,
+                                "in_task_runs_s": 18.0}
+    assert stages["build_branch"]["wall_s"] == 40.0 and stages["build_branch"]["share"] == 0.4
+    assert stages["build_branch"]["task_runs"] == 2  # its own and the nested subflow's
+    assert stages["build_branch"]["in_task_runs_s"] == 12.0
+    assert b["between_stages_s"] == 100.0 - (18.0 + 40.0 + 10.0)
+    assert b["in_task_runs_s"] == 18.0 + 8.0 + 4.0 + 8.0
+    assert b["outside_task_runs_s"] == 100.0 - 38.0
+    assert (b["sampled_cascade_s"], b["sampled_prefect_s"]) == (10.0, 10.0)
+
+
+def _chain_figure() -> dict[str, object]:
+    first = chain_breakdown(_chain_run())
+    slower = _chain_run()
+    slower["parent"] = {**slower["parent"], "end": 210.0}  # 200 s parent wall
+    slower["returned_at"] = 212.0
+    second = chain_breakdown(slower)
+    return {"benchmark": "chain", "system": "cascade", "size": "daily 1 d, plain dbt",
+            "rows": 0, "seconds": [112.0, 212.0], "peak_rss_mib": [],
+            "runs": [{"seconds": 112.0, "breakdown": first},
+                     {"seconds": 212.0, "breakdown": second}]}
+
+
+def test_chain_rows_take_min_and_median_over_runs() -> None:
+    figure = _chain_figure()
+    stages = {r["stage"]: r for r in chain_stage_rows(figure)}
+    assert stages["build_branch"]["wall_s_median"] == 40.0
+    assert stages["build_branch"]["share_median"] == pytest.approx((0.4 + 0.2) / 2)
+    overhead = {r["figure"]: r for r in chain_overhead_rows(figure)}
+    assert (overhead["parent_wall_s"]["min"], overhead["parent_wall_s"]["median"]) == (
+        100.0, 150.0)
+    assert overhead["outside_task_runs_s"]["median"] == (62.0 + 162.0) / 2
+    assert overhead["outside_task_runs_s"]["share_median"] == pytest.approx(
+        (0.62 + 0.81) / 2)
+    assert overhead["task_runs"]["median"] == 5
+
+
+def test_markdown_and_json_carry_the_chain_tables() -> None:
+    result = _result()
+    result["figures"] = [*result["figures"], _chain_figure()]
+    text = render_markdown(result)
+    assert ("| daily 1 d, plain dbt | build_branch | 2 | 40.00 | 40.00 | 30.0 % | 2 "
+            "| 12.00 |") in text
+    assert "| daily 1 d, plain dbt | parent flow run wall | 100.00 s | 150.00 s | 100.0 % |" \
+        in text
+    assert "| daily 1 d, plain dbt | flow runs created | 4 | 4 | — |" in text
+    assert "| daily 1 d, plain dbt | start-up, imports: launch → flows imported | 4.00 s" in text
+    data = json.loads(to_json(result))
+    assert {r["stage"] for r in data["chain_stages"]} == {"ingest", "build_branch",
+                                                          "validate"}
+    assert any(r["figure"] == "startup_s" and r["median"] == 10.0
+               for r in data["chain_overhead"])
+
+
+def test_chain_options_pick_flows_sizes_and_dbt_modes() -> None:
+    args = parse_args(["--only", "chain", "--chain-days", "1,365", "--chain-dbt",
+                       "plain,nodes"])
+    assert _chain_runs(args) == [("daily", 1, "plain"), ("backfill", 1, "plain"),
+                                 ("backfill", 365, "plain"), ("daily", 1, "nodes"),
+                                 ("backfill", 1, "nodes"), ("backfill", 365, "nodes")]
+    assert _chain_runs(parse_args(["--chain-flows", "backfill"])) == [
+        ("backfill", 365, "plain")]
+    with pytest.raises(SystemExit):
+        parse_args(["--chain-flows", "weekly"])
