@@ -12,9 +12,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from tasks.schemas import RawTable, raw_table
 
@@ -203,15 +205,69 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
     """
     # Sorted, so a record's extra is the same whichever window (and so whichever set of
     # neighbours, which decides the frame's column order) it was fetched in.
-    fields: list[pl.Expr] = [pl.col(c) for c in sorted(docs.columns)
-                             if c not in modelled and c != _ROW]
-    uncast = [_uncast(docs, name).alias(name) for name in numeric if name in docs.columns]
-    if uncast:  # null unless some member is set, so the one pass below drops it whole
-        fields.append(pl.when(pl.any_horizontal(u.is_not_null() for u in uncast))
-                      .then(pl.struct(uncast)).otherwise(None).alias("_uncast"))
-    if not fields:
+    members = [_field_member(docs, c) for c in sorted(docs.columns)
+               if c not in modelled and c != _ROW and _sent(docs, c)]
+    uncast = [_uncast(docs, name) for name in numeric if name in docs.columns]
+    failed = [u for u in uncast if u is not None]
+    if failed:
+        inner = pl.concat_str(failed, separator=",", ignore_nulls=True)
+        members.append(pl.when(pl.any_horizontal(u.is_not_null() for u in failed))
+                       .then(pl.format('"_uncast":{{{}}}', inner)))
+    if not members:
         return pl.lit("{}")
-    return _drop_null_members(pl.struct(fields).struct.json_encode())
+    return pl.format("{{{}}}", pl.concat_str(members, separator=",", ignore_nulls=True))
+
+
+def _sent(docs: pl.DataFrame, name: str) -> bool:
+    """Whether any document of the batch has a value for field ``name``."""
+    return docs.get_column(name).null_count() < docs.height
+
+
+def _field_member(docs: pl.DataFrame, name: str) -> pl.Expr:
+    """Field ``name`` as a member of ``extra`` (see ``_member``).
+
+    Integers, booleans and text with nothing to escape are written as they are, the
+    same text the JSON encoder writes, without running it.
+    """
+    column = docs.get_column(name)
+    if column.dtype.is_integer() or column.dtype == pl.Boolean():
+        return pl.lit(_json_key(name)) + pl.col(name).cast(pl.String)
+    if column.dtype == pl.String() and not column.str.contains_any(_JSON_ESCAPED).any():
+        return pl.lit(_json_key(name) + '"') + pl.col(name) + pl.lit('"')
+    return _member(name, pl.col(name), nested=_holds_struct(column.dtype),
+                   never_null=column.null_count() == 0)
+
+
+# What Polars' JSON encoder escapes in a string: control characters, quote and backslash.
+_JSON_ESCAPED: Final = [chr(c) for c in range(0x20)] + ['"', "\\"]
+
+
+@lru_cache(maxsize=1024)
+def _json_key(name: str) -> str:
+    """``"name":`` exactly as Polars' JSON encoder writes the member name."""
+    encoded = pl.select(pl.struct(pl.lit(0).alias(name)).struct.json_encode()).item()
+    return str(encoded)[1:-2]
+
+
+def _member(name: str, value: pl.Expr, *, nested: bool = False, never_null: bool = False
+            ) -> pl.Expr:
+    """``"name":<value as JSON>``, or null where the value is null (so it is left out).
+
+    Each member is encoded on its own and the members joined without the nulls: cheaper
+    than encoding the whole object and then cutting ``"name":null`` out of the text.
+    """
+    member = pl.struct(value.alias(name)).struct.json_encode().str.slice(1).str.head(-1)
+    if nested:
+        member = _drop_null_members(member)  # fields other documents have, null in this one
+    return member if never_null else pl.when(value.is_not_null()).then(member)
+
+
+def _holds_struct(dtype: pl.DataType | DataTypeClass) -> bool:
+    if isinstance(dtype, pl.Struct):
+        return True
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _holds_struct(dtype.inner)
+    return False
 
 
 # A member name in encoded JSON: a quoted string, escapes included. A quote that follows
@@ -222,7 +278,7 @@ _EMPTY: Final = rf"(?:{_NAME}:null)"
 
 
 def _drop_null_members(encoded: pl.Expr) -> pl.Expr:
-    """Remove ``"name":null`` members from JSON objects (an empty ``_uncast`` is null)."""
+    """Remove ``"name":null`` members from JSON objects nested in ``encoded``."""
     return (
         encoded.str.replace_all(rf"([{{,])(?:{_EMPTY},)+", "${1}")  # followed by a member
         .str.replace_all(rf"(?:,{_EMPTY})+}}", "}")  # the last members of an object
@@ -230,10 +286,16 @@ def _drop_null_members(encoded: pl.Expr) -> pl.Expr:
     )
 
 
-def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr:
-    """The field's value as text where it is present but not a number, else null."""
+def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr | None:
+    """``"name":"<text>"`` where the field is present but not a number, else null.
+
+    None when no document can fail the cast: a numeric or boolean column, or one never sent.
+    """
+    source = docs.schema[name]
+    if source.is_numeric() or source == pl.Boolean() or not _sent(docs, name):
+        return None
     failed = pl.col(name).is_not_null() & _col(docs, name, pl.Float64()).is_null()
-    return pl.when(failed).then(_col(docs, name, pl.String())).otherwise(None)
+    return _member(name, pl.when(failed).then(_col(docs, name, pl.String())))
 
 
 def _payload(docs: pl.DataFrame) -> pl.Expr:
@@ -243,9 +305,9 @@ def _payload(docs: pl.DataFrame) -> pl.Expr:
 
 def _record_id(docs: pl.DataFrame, synthetic: list[str]) -> pl.Expr:
     """Nightscout's ``_id``; else a readable id from the fields that identify the record."""
+    given = _col(docs, "_id", pl.String())
     parts = [_col(docs, c, pl.String()).fill_null("") for c in synthetic]
-    made = pl.concat_str([pl.lit("syn"), *parts], separator="|")
-    return pl.coalesce(_col(docs, "_id", pl.String()), made)
+    return _first_present(docs, given, "_id", pl.concat_str([pl.lit("syn"), *parts], separator="|"))
 
 
 # --------------------------------------------------------------------------- per table
@@ -377,8 +439,9 @@ _DEDUP_REASONS: Final[dict[str, str]] = {
 def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
     """Shape one batch of documents for raw table ``table_name``.
 
-    Returns the table's rows (declared columns, deduplicated, inside the window), the
-    duplicates removed and the rows that could not be placed, each with a reason.
+    Returns the table's rows (declared columns, deduplicated, inside the window, in time
+    then id order), the duplicates removed and the rows that could not be placed, each
+    with a reason.
     """
     table = raw_table(table_name)
     if docs.height == 0:
@@ -386,12 +449,18 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
                       empty_like(REJECTS_SCHEMA))
     docs = docs.with_row_index(_ROW)
     typed = docs.select(pl.col(_ROW), *_SHAPERS[table.name](docs, ctx))
-    typed = typed.with_columns(_lineage(ctx))
-    placed, misplaced = _place(typed, table, ctx)
-    kept, dupes = _deduplicate(placed, table)
-    rejects = _set_aside(misplaced, docs, table, ctx, schema=REJECTS_SCHEMA)
-    duplicates = _set_aside(dupes, docs, table, ctx, schema=DUPLICATES_SCHEMA)
-    rows = kept.sort(table.time_column, table.id_column).select(table.polars_schema.names())
+    inside = _inside(table, ctx)
+    keys = typed.select(_ROW, table.id_column, *_DEDUP_KEYS[table.name], inside.alias("__in"))
+    misplaced = typed[keys.filter(~pl.col("__in")).get_column(_ROW)]
+    kept, dupes = _deduplicate(keys.filter(pl.col("__in")), table)
+    rows = typed[kept]  # the one copy of the wide frame, in the table's order
+    if table.name != "profile":
+        rows = rows.with_columns(_local(table.time_column, ctx.timezone))
+    rows = rows.with_columns(_lineage(ctx)).select(table.polars_schema.names())
+    rejects = _set_aside(misplaced.with_columns(_misplaced_reason(table, ctx)), docs, table, ctx,
+                         schema=REJECTS_SCHEMA)
+    duplicates = _set_aside(typed[dupes.get_column(_ROW)].with_columns(dupes.drop(_ROW)), docs,
+                            table, ctx, schema=DUPLICATES_SCHEMA)
     return Shaped(rows.cast(table.polars_schema), duplicates, rejects)
 
 
@@ -403,16 +472,18 @@ def _lineage(ctx: ShapeContext) -> list[pl.Expr]:
     ]
 
 
-def _place(
-    typed: pl.DataFrame, table: RawTable, ctx: ShapeContext
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split rows into those inside the window and those with no time or a time outside it."""
+def _inside(table: RawTable, ctx: ShapeContext) -> pl.Expr:
+    """Whether a row has a time inside the window (profiles: any time at all)."""
     at = pl.col(table.time_column)
-    start, end = pl.lit(ctx.window_start).cast(_UTC), pl.lit(ctx.window_end).cast(_UTC)
-    inside = at.is_not_null() & (at >= start) & (at < end)
     if table.name == "profile":
-        inside = at.is_not_null()
-    reason = (
+        return at.is_not_null()
+    start, end = pl.lit(ctx.window_start).cast(_UTC), pl.lit(ctx.window_end).cast(_UTC)
+    return at.is_not_null() & (at >= start) & (at < end)
+
+
+def _misplaced_reason(table: RawTable, ctx: ShapeContext) -> pl.Expr:
+    at = pl.col(table.time_column)
+    return (
         pl.when(at.is_null())
         .then(pl.lit(f"no usable time: {table.time_column} missing or unparsable"))
         .otherwise(
@@ -420,38 +491,31 @@ def _place(
             + pl.lit(" is outside the requested window "
                      f"[{ctx.window_start.isoformat()}, {ctx.window_end.isoformat()})")
         )
-    )
-    flagged = typed.with_columns(inside.alias("__inside"), reason.alias("__reason"))
-    placed = flagged.filter(pl.col("__inside")).drop("__inside", "__reason")
-    if table.name != "profile":
-        placed = placed.with_columns(_local(table.time_column, ctx.timezone))
-    return placed, flagged.filter(~pl.col("__inside"))
-
-
-def _deduplicate(placed: pl.DataFrame, table: RawTable) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Drop repeats of the same id, then of the same device + time; say which row was kept."""
-    rid = pl.col(table.id_column)
-    same_id = placed.with_columns(
-        pl.col(_ROW).min().over(table.id_column).alias("__kept_row"),
-        rid.alias("__kept_id"),
-    )
-    first = same_id.filter(pl.col(_ROW) == pl.col("__kept_row"))
-    dup_id = same_id.filter(pl.col(_ROW) != pl.col("__kept_row")).with_columns(
-        pl.lit("same_id").alias("__reason")
-    )
-    keys = _DEDUP_KEYS[table.name]
-    ordered = first.sort([*keys, table.id_column], nulls_last=True)
-    grouped = ordered.with_columns(
-        rid.first().over([pl.col(k).fill_null(pl.lit("<null>")) if ordered.schema[k] == pl.String()
-                          else pl.col(k) for k in keys]).alias("__kept_id")
-    )
-    kept = grouped.filter(rid == pl.col("__kept_id"))
-    dup_time = grouped.filter(rid != pl.col("__kept_id")).with_columns(
-        pl.lit(_DEDUP_REASONS[table.name])
         .alias("__reason")
     )
-    dupes = pl.concat([dup_id, dup_time], how="diagonal_relaxed")
-    return kept.drop("__kept_row", "__kept_id"), dupes
+
+
+def _deduplicate(keys: pl.DataFrame, table: RawTable) -> tuple[pl.Series, pl.DataFrame]:
+    """Drop repeats of the same id, then of the same device + time; say which row was kept.
+
+    ``keys`` holds the placed rows' ``__row``, id and dedup keys, in document order.
+    Returns the rows kept (``__row``), in the table's order (time, then id), and the repeats with
+    the id of the row kept in their place (``__kept_id``) and why (``__reason``): the
+    first document of an id, and then the smallest id of a key, is the one kept.
+    """
+    rid, at = pl.col(table.id_column), pl.col(table.time_column)
+    by_id = keys.select(_ROW, rid).sort(rid, maintain_order=True)  # stable: document order
+    seen = by_id.filter(rid.eq(rid.shift(1)).fill_null(False)).get_column(_ROW)
+    dup_id = keys.filter(pl.col(_ROW).is_in(seen.implode())).select(
+        _ROW, rid.alias("__kept_id"), pl.lit("same_id").alias("__reason"))
+    ordered = keys.filter(~pl.col(_ROW).is_in(seen.implode())).sort(at, rid)
+    # Only rows sharing their time with a neighbour can repeat a key: group just those.
+    tied = ordered.filter(at.eq(at.shift(1)).or_(at.eq(at.shift(-1))).fill_null(False))
+    grouped = tied.with_columns(rid.first().over(_DEDUP_KEYS[table.name]).alias("__kept_id"))
+    dup_key = grouped.filter(rid != pl.col("__kept_id")).select(
+        _ROW, "__kept_id", pl.lit(_DEDUP_REASONS[table.name]).alias("__reason"))
+    kept = ordered.filter(~pl.col(_ROW).is_in(dup_key.get_column(_ROW).implode()))
+    return kept.get_column(_ROW), pl.concat([dup_id, dup_key])
 
 
 def _set_aside(
@@ -465,11 +529,10 @@ def _set_aside(
     """Rows set aside (rejects or duplicates), with the original document as payload."""
     if rows.height == 0:
         return empty_like(schema)
-    originals = docs.filter(pl.col(_ROW).is_in(rows.get_column(_ROW).implode()))
-    payloads = originals.select(pl.col(_ROW), _payload(originals).alias("payload"))
-    joined = rows.join(payloads, on=_ROW, how="left")
-    kept = pl.col("__kept_id") if "__kept_id" in joined.columns else None
-    return set_aside(joined, table, ctx, reason=pl.col("__reason"), payload=pl.col("payload"),
+    originals = docs[rows.get_column(_ROW)]  # __row is the document's position
+    rows = rows.with_columns(originals.select(_payload(originals)).to_series().alias("payload"))
+    kept = pl.col("__kept_id") if "__kept_id" in rows.columns else None
+    return set_aside(rows, table, ctx, reason=pl.col("__reason"), payload=pl.col("payload"),
                      duplicate_of=kept, schema=schema)
 
 
