@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 from typing import Final
 from zoneinfo import available_timezones
 
 import pandera.polars as pa
 import polars as pl
+from pandera.api.polars.types import PolarsData
 from pandera.engines.polars_engine import DateTime as _DateTime
-from pandera.errors import SchemaErrors
 
 from tasks.errors import ContractError
 from tasks.schemas import raw_table
@@ -134,35 +135,124 @@ class Checked:
 
 
 def check(table_name: str, rows: pl.DataFrame, ctx: ShapeContext) -> Checked:
-    """Validate ``rows`` against the table's contract; route failing rows to rejects."""
-    contract = CONTRACTS[table_name]
+    """Validate ``rows`` against the table's contract; route failing rows to rejects.
+
+    The contract's declarations (dtypes, nullability, uniqueness, ``Field`` checks and
+    dataframe checks) are evaluated as Polars expressions in one pass over the frame,
+    named as pandera names its failure cases, rather than through pandera's check loop.
+
+    Raises:
+        ContractError: a column is missing or has the wrong dtype (a bug in shaping).
+    """
     if rows.height == 0:
         return Checked(rows, empty_like(REJECTS_SCHEMA))
-    try:
-        contract.validate(rows, lazy=True)
+    schema = _schema(table_name)
+    _check_layout(table_name, schema, rows)
+    broken = _broken_rules(schema, rows)
+    failed = broken.select(pl.any_horizontal(pl.all())).to_series()
+    if not failed.any():
         return Checked(rows, empty_like(REJECTS_SCHEMA))
-    except SchemaErrors as errors:
-        cases = errors.failure_cases
-    row_cases = cases.filter(pl.col("index").is_not_null())
-    if row_cases.height < cases.height:  # a table-level failure (wrong dtype, missing column)
-        first = cases.filter(pl.col("index").is_null()).row(0, named=True)
-        raise ContractError(
-            f"raw.{table_name} breaks its contract as a whole ({first['check']} on "
-            f"{first['column']}): this is a bug in shaping, not bad data; nothing was written"
-        )
-    reasons = row_cases.group_by("index").agg(
-        (pl.col("column") + pl.lit(": ") + pl.col("check")).unique().sort().str.join("; ")
-        .alias("__reason")
-    )
-    indexed = rows.with_row_index("__i").with_columns(pl.col("__i").cast(pl.Int32))
-    flagged = indexed.join(reasons, left_on="__i", right_on="index", how="left")
-    valid = flagged.filter(pl.col("__reason").is_null()).drop("__i", "__reason")
-    bad = flagged.filter(pl.col("__reason").is_not_null())
-    payload_cols = [c for c in bad.columns if c not in ("__i", "__reason")]
+    reason = pl.concat_str([pl.when(pl.col(c)).then(pl.lit(c)) for c in sorted(broken.columns)],
+                           separator="; ", ignore_nulls=True)
+    bad = rows.filter(failed).with_columns(broken.filter(failed).select(reason).to_series()
+                                           .alias("__reason"))
     rejects = set_aside(bad, raw_table(table_name), ctx,
                         reason=pl.lit("contract: ") + pl.col("__reason"),
-                        payload=pl.struct(payload_cols).struct.json_encode())
-    return Checked(valid, rejects)
+                        payload=pl.struct(rows.columns).struct.json_encode())
+    return Checked(rows.filter(~failed), rejects)
+
+
+@cache
+def _schema(table_name: str) -> pa.DataFrameSchema:
+    return CONTRACTS[table_name].to_schema()
+
+
+def _check_layout(table_name: str, schema: pa.DataFrameSchema, rows: pl.DataFrame) -> None:
+    """Every declared column is there with its declared dtype, or ContractError."""
+    for name, column in schema.columns.items():
+        problem = None
+        if name not in rows.columns:
+            problem = "column_in_dataframe"
+        elif not column.dtype.check(rows.schema[name]):
+            problem = f"dtype('{column.dtype}')"
+        if problem is not None:
+            raise ContractError(
+                f"raw.{table_name} breaks its contract as a whole ({problem} on {name}): "
+                "this is a bug in shaping, not bad data; nothing was written"
+            )
+
+
+def _broken_rules(schema: pa.DataFrameSchema, rows: pl.DataFrame) -> pl.DataFrame:
+    """One boolean column per rule, true where a row breaks it, named ``column: check``."""
+    frame = rows.lazy()
+    plans = [frame.select(_column_rules(schema, rows))]
+    for rule in schema.checks:  # dataframe checks: the model's own functions, given the frame
+        out = rule._check_fn(PolarsData(frame, "*"), **rule._check_kwargs)
+        label = f"{schema.name}: {rule.error or rule.name}"
+        plans.append(out.select(_broken(pl.all_horizontal(pl.all()), rule.ignore_na).alias(label)))
+    results = [column for plan in pl.collect_all(plans) for column in plan.get_columns()]
+    results += [_duplicated(rows.get_column(name)).alias(f"{name}: field_uniqueness")
+                for name, column in schema.columns.items() if column.unique]
+    broken: dict[str, pl.Series] = {}
+    for result in results:  # two checks of one name break a row if either does
+        seen = broken.get(result.name)
+        broken[result.name] = result if seen is None else seen | result
+    return pl.DataFrame(list(broken.values()))
+
+
+def _column_rules(schema: pa.DataFrameSchema, rows: pl.DataFrame) -> list[pl.Expr]:
+    """Nullability and ``Field`` checks of every column, each true where a row breaks it."""
+    rules: dict[str, pl.Expr] = {}
+    for name, column in schema.columns.items():
+        value = pl.col(name)
+        if not column.nullable:  # pandera counts NaN as null
+            nan = value.is_nan() if rows.schema[name].is_float() else pl.lit(False)
+            rules[f"{name}: not_nullable"] = value.is_null() | nan
+        for rule in column.checks:
+            rules[f"{name}: {rule.error or rule.name}"] = _broken(_builtin(rule, value),
+                                                                  rule.ignore_na)
+    return [broken.alias(label) for label, broken in rules.items()]
+
+
+def _broken(passed: pl.Expr, ignore_na: bool) -> pl.Expr:
+    """True where a check's output is false; a null output passes when ``ignore_na``."""
+    return (~passed).fill_null(not ignore_na)
+
+
+def _builtin(rule: pa.Check, value: pl.Expr) -> pl.Expr:
+    """A built-in ``Field`` check (``ge``, ``le``, ``str_length``, ``isin``) as an expression,
+    the same comparison pandera's polars backend makes."""
+    stats = rule.statistics or {}
+    if rule.name == "greater_than_or_equal_to":
+        return value.ge(stats["min_value"])
+    if rule.name == "less_than_or_equal_to":
+        return value.le(stats["max_value"])
+    if rule.name == "isin":
+        return value.is_in(list(stats["allowed_values"]))
+    if rule.name == "str_length" and stats.get("exact_value") is None:
+        low, high, n_chars = stats.get("min_value"), stats.get("max_value"), value.str.len_chars()
+        if low is not None and high is not None:
+            return n_chars.is_between(low, high)
+        if low is not None:
+            return n_chars.ge(low)
+        if high is not None:
+            return n_chars.le(high)
+    raise NotImplementedError(
+        f"contract check {rule.error or rule.name} has no Polars form in tasks.contracts: "
+        "add it to _builtin"
+    )
+
+
+def _duplicated(values: pl.Series) -> pl.Series:
+    """True for every row whose value another row has (pandera's ``unique=True``).
+
+    Sorting and comparing neighbours finds out whether there is any repeat several
+    times faster than hashing strings; the hash runs only when there is one.
+    """
+    ordered = values.sort()
+    if values.null_count() < 2 and not ordered.head(-1).eq(ordered.tail(-1)).any():
+        return pl.repeat(False, values.len(), dtype=pl.Boolean, eager=True)
+    return values.is_duplicated()
 
 
 def enforce_reject_ratio(table_name: str, day: str, n_seen: int, n_rejected: int,
