@@ -4,7 +4,9 @@ Paging: Nightscout returns the newest ``count`` records matching a filter. We as
 ``[start, end)``, then move the upper bound to the oldest time on the page with ``$lte``
 (so records sharing the boundary time are never skipped) and drop the records already
 seen at that boundary time. If a whole page shares one timestamp, the page size doubles.
-The window is exhausted when a page comes back shorter than ``count``.
+The window is exhausted when a page comes back shorter than ``count``. A full page holding
+documents outside the bounds asked for means the server ignores the time filter: paging on
+would repeat them forever, so that is a ``NightscoutBadResponse``.
 """
 
 from __future__ import annotations
@@ -165,22 +167,59 @@ class NightscoutClient:
         upper: int | str = _epoch_ms(end) if spec.numeric_time else _iso_ms(end)
         upper_op, count, seen_at_upper = "$lt", self.page_size, pl.Series("_id", [], pl.String)
         while True:
-            params = {
-                f"find[{spec.time_field}][$gte]": str(lower),
-                f"find[{spec.time_field}][{upper_op}]": str(upper),
-                "count": str(count),
-            }
-            page = self._get_frame(spec.path, params)
-            fresh = _drop_seen(page, spec, upper, seen_at_upper)
-            yield fresh
-            if page.height < count:
+            bounds = _Bounds(spec, lower, upper, upper_op)
+            page = self._get_frame(spec.path, {**bounds.params(), "count": str(count)})
+            full = page.height >= count
+            self._check_bounds(page, bounds, full=full)
+            yield _drop_seen(page, spec, upper, seen_at_upper)
+            if not full:
                 return
             oldest = _oldest(page, spec, self._where(httpx.URL(self._base() + spec.path)))
-            if fresh.height == 0:
-                count *= 2  # a full page of one timestamp: widen rather than loop
-                continue
+            if oldest == upper:  # the whole page shares the bound's time: widen, not loop
+                count = self._widen(count, bounds, page.height)
             upper, upper_op = oldest, "$lte"
             seen_at_upper = _ids_at(page, spec, upper)
+
+    def _check_bounds(self, page: pl.DataFrame, bounds: _Bounds, *, full: bool) -> None:
+        """Refuse a full page holding documents outside the bounds asked for.
+
+        A server that ignores ``find[...]`` (an old or non-Nightscout API, a proxy or cache
+        that drops the query string) answers every page with the same newest documents:
+        paging on would never end, or fetch them twice. A short page ends the window
+        instead, so its strays are kept (shaping rejects those outside the window, with
+        the reason) and only logged here.
+        """
+        strays = page.filter(~bounds.holds(page))
+        if strays.height == 0:
+            return
+        where = f"{self._base()}{bounds.spec.path}"
+        if not full:
+            logger.warning(
+                "Nightscout %s: %d of %d documents lie outside %s; the last page, so they "
+                "are kept and shaping sets them aside", where, strays.height, page.height,
+                bounds.text(),
+            )
+            return
+        raise NightscoutBadResponse(
+            f"Nightscout at {where} ignores the time filter: asked for {bounds.text()}, it "
+            f"answered {strays.height} of {page.height} documents outside it (the first has "
+            f"{bounds.spec.time_field} {_first_time(strays, bounds.spec)}), so paging back "
+            "through the window would fetch the same documents again and again. Check that "
+            "the URL is the Nightscout site itself, not a proxy or cache that drops the query "
+            "string, and that its API supports find[...] filters; nothing was written for "
+            "this window"
+        )
+
+    def _widen(self, count: int, bounds: _Bounds, height: int) -> int:
+        """The next page size when a full page did not move the upper bound."""
+        if count >= _MAX_PAGE:
+            raise NightscoutBadResponse(
+                f"Nightscout at {self._base()}{bounds.spec.path} answered {height} documents "
+                f"all at {bounds.spec.time_field} {bounds.upper}, even for count={count}: the "
+                "page does not move, so paging cannot finish. Check the site's data and its "
+                "count handling; nothing was written for this window"
+            )
+        return count * 2
 
     def _get_frame(self, path: str, params: dict[str, str]) -> pl.DataFrame:
         response = self._request(path, params)
@@ -318,6 +357,52 @@ def _read_field(key: str, values: list[object]) -> pl.Series:
     text = [v if v is None or isinstance(v, str) else json.dumps(v, separators=(",", ":"))
             for v in values]
     return pl.Series(key, text, pl.String())
+
+
+_MAX_PAGE: Final = 1 << 22  # a page this size, all at one time, is not a real site's data
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """The time range one page asks for: ``lower <= time`` and ``time < upper`` (``$lt``)
+    or ``time <= upper`` (``$lte``), compared as the server compares them."""
+
+    spec: Collection
+    lower: int | str
+    upper: int | str
+    upper_op: str
+
+    def params(self) -> dict[str, str]:
+        field = self.spec.time_field
+        return {f"find[{field}][$gte]": str(self.lower),
+                f"find[{field}][{self.upper_op}]": str(self.upper)}
+
+    def holds(self, page: pl.DataFrame) -> pl.Expr:
+        """Whether each document's time is inside the bounds (a missing time is not)."""
+        time = _comparable_time(page, self.spec)
+        below = time < self.upper if self.upper_op == "$lt" else time <= self.upper
+        return ((time >= self.lower) & below).fill_null(False)
+
+    def text(self) -> str:
+        close = ")" if self.upper_op == "$lt" else "]"
+        return f"{self.spec.time_field} in [{self.lower}, {self.upper}{close}"
+
+
+def _comparable_time(page: pl.DataFrame, spec: Collection) -> pl.Expr:
+    """The time field as the server's filter compares it: a number (``date``, text that
+    reads as one too) or text (``created_at``); null where it cannot be compared."""
+    dtype = page.schema.get(spec.time_field)
+    if spec.numeric_time and dtype is not None and (dtype.is_numeric() or dtype == pl.String):
+        return pl.col(spec.time_field).cast(pl.Float64, strict=False)
+    if not spec.numeric_time and dtype == pl.String:
+        return pl.col(spec.time_field)
+    return pl.lit(None, pl.Float64 if spec.numeric_time else pl.String)
+
+
+def _first_time(page: pl.DataFrame, spec: Collection) -> str:
+    if spec.time_field not in page.columns:
+        return "missing"
+    return repr(page.get_column(spec.time_field).cast(pl.String, strict=False)[0])
 
 
 def _time_is(spec: Collection, value: int | str) -> pl.Expr:
