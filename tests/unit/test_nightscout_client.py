@@ -201,3 +201,27 @@ def test_retry_after_http_date_is_honoured() -> None:
     client.sleep = waits.append
     assert client.fetch_window("entries", START, END).height == 1
     assert 1.0 < waits[0] <= 3.0
+
+
+def test_full_page_of_documents_without_a_time_is_refused() -> None:
+    def no_dates(request: httpx.Request) -> httpx.Response:  # ignores find[date] entirely
+        return httpx.Response(200, json=[{"_id": f"x{i}", "sgv": 100} for i in range(5)])
+
+    with pytest.raises(NightscoutBadResponse, match=r"ignores the time filter.*date missing"):
+        _client(no_dates).fetch_window("entries", START, END)
+
+
+def test_a_page_that_never_moves_past_one_time_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tasks.nightscout._MAX_PAGE", 64)
+    seen: list[httpx.Request] = []
+
+    def stuck(request: httpx.Request) -> httpx.Response:  # more than asked, all at one time
+        seen.append(request)
+        count = int(request.url.params["count"])
+        return httpx.Response(200, json=_entries([T0 + 5] * (count + 1)))
+
+    with pytest.raises(NightscoutBadResponse, match="page does not move"):
+        _client(stuck).fetch_window("entries", START, END)
+    assert [int(r.url.params["count"]) for r in seen] == [5, 5, 10, 20, 40, 80]
