@@ -192,9 +192,11 @@ def _first_present(docs: pl.DataFrame, primary: pl.Expr, name: str, fallback: pl
     return pl.coalesce(primary, fallback)
 
 
-def _local(time_column: str, timezone: str) -> list[pl.Expr]:
+def _local(rows: pl.DataFrame, time_column: str, timezone: str) -> pl.DataFrame:
+    """``rows`` with the site's wall-clock time and date (the zone lookup runs once)."""
     local = pl.col(time_column).dt.convert_time_zone(timezone).dt.replace_time_zone(None)
-    return [local.alias("local_at"), local.dt.date().alias("local_date")]
+    rows = rows.with_columns(local.alias("local_at"))
+    return rows.with_columns(pl.col("local_at").dt.date().alias("local_date"))
 
 
 def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...] = ()) -> pl.Expr:
@@ -455,7 +457,7 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
     kept, dupes = _deduplicate(keys.filter(pl.col("__in")), table)
     rows = typed[kept]  # the one copy of the wide frame, in the table's order
     if table.name != "profile":
-        rows = rows.with_columns(_local(table.time_column, ctx.timezone))
+        rows = _local(rows, table.time_column, ctx.timezone)
     rows = rows.with_columns(_lineage(ctx)).select(table.polars_schema.names())
     rejects = _set_aside(misplaced.with_columns(_misplaced_reason(table, ctx)), docs, table, ctx,
                          schema=REJECTS_SCHEMA)
