@@ -447,11 +447,11 @@ def _write_data_files(metadata: TableMetadata, io: FileIO, data: pa.Table,
     locations = load_location_provider(metadata.location, metadata.properties)
     data_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping,
                                     format_version=metadata.format_version)
+    converted = pa.Table.from_batches([  # to the file schema (field ids) once, not per file
+        _to_requested_schema(file_schema, data_schema, batch, include_field_ids=True,
+                             format_model=parquet) for batch in data.to_batches()])
     files = []
-    for n, (key, rows) in enumerate(_partitions(metadata, data)):
-        arrow = pa.Table.from_batches([
-            _to_requested_schema(file_schema, data_schema, batch, include_field_ids=True,
-                                 format_model=parquet) for batch in rows.to_batches()])
+    for n, (key, arrow) in enumerate(_partitions(metadata.spec(), file_schema, converted)):
         name = f"00000-{n}-{write_uuid}.parquet"
         path = locations.new_data_location(data_file_name=name, partition_key=key)
         output = io.new_output(path)
@@ -470,12 +470,12 @@ def _write_data_files(metadata: TableMetadata, io: FileIO, data: pa.Table,
     return files
 
 
-def _partitions(metadata: TableMetadata, data: pa.Table,
+def _partitions(spec: PartitionSpec, schema: Schema, data: pa.Table,
                 ) -> Iterator[tuple[PartitionKey | None, pa.Table]]:
-    if metadata.spec().is_unpartitioned():
+    if spec.is_unpartitioned():
         yield None, data
         return
-    for part in _determine_partitions(metadata.spec(), metadata.schema(), data):
+    for part in _determine_partitions(spec, schema, data):
         yield part.partition_key, part.arrow_table_partition
 
 

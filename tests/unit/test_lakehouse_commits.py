@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog import Catalog
 
@@ -25,13 +28,13 @@ def _branches(home: Path) -> EmbeddedBranchCatalog:
     return EmbeddedBranchCatalog(home / "catalog.db", home / "warehouse")
 
 
-def _rows(site: str, day: datetime, values: list[int]) -> pl.DataFrame:
+def _rows(site: str, day: datetime, values: list[int | None]) -> pl.DataFrame:
     at = [day + timedelta(minutes=5 * i) for i in range(len(values))]
     return pl.DataFrame({"site_id": site, "read_at": at, "value": values},
                         schema=LAYOUT.schema)
 
 
-def _write(catalog: Catalog, site: str, day: datetime, values: list[int]) -> int | None:
+def _write(catalog: Catalog, site: str, day: datetime, values: list[int | None]) -> int | None:
     return replace_rows(catalog, LAYOUT, _rows(site, day, values),
                         site_window(LAYOUT, site, day, day + ONE_DAY))
 
@@ -123,3 +126,27 @@ def test_writes_never_warn_or_touch_the_warning_filters(
         assert warnings.filters == filters
 
     assert [str(w.message) for w in seen] == []
+
+
+def test_data_files_are_the_ones_pyiceberg_would_write(catalog: Catalog) -> None:
+    # replace_rows writes files itself (its schema work once per commit, not per file):
+    # the files and their statistics must stay what PyIceberg's own writer produces
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    from tasks.lakehouse import _write_data_files, ensure_table
+
+    table = ensure_table(catalog, LAYOUT)
+    rows = pl.concat([_rows(s, d, [1, None, 3]) for s in "ab" for d in (DAY, DAY + ONE_DAY)])
+    data = rows.to_arrow()
+
+    def described(files: list[Any]) -> list[tuple[Any, ...]]:
+        return sorted((str(f.partition), f.record_count, f.value_counts, f.null_value_counts,
+                       f.lower_bounds, f.upper_bounds, f.file_path.rsplit("/", 1)[0],
+                       pq.read_schema(f.file_path.removeprefix("file://")).to_string())
+                      for f in files)
+
+    theirs = list(_dataframe_to_data_files(table.metadata, data, table.io))
+    ours = _write_data_files(table.metadata, table.io, data, uuid.uuid4())
+
+    assert len(ours) == 4
+    assert described(ours) == described(theirs)
