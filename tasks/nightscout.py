@@ -359,6 +359,7 @@ def _read_field(key: str, values: list[object]) -> pl.Series:
     return pl.Series(key, text, pl.String())
 
 
+_ISO: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
 _MAX_PAGE: Final = 1 << 22  # a page this size, all at one time, is not a real site's data
 
 
@@ -378,10 +379,23 @@ class _Bounds:
                 f"find[{field}][{self.upper_op}]": str(self.upper)}
 
     def holds(self, page: pl.DataFrame) -> pl.Expr:
-        """Whether each document's time is inside the bounds (a missing time is not)."""
-        time = _comparable_time(page, self.spec)
-        below = time < self.upper if self.upper_op == "$lt" else time <= self.upper
-        return ((time >= self.lower) & below).fill_null(False)
+        """Whether each document's time is inside the bounds (a missing time is not).
+
+        Text times are inside if they are as text (how Nightscout compares ``created_at``)
+        or as instants (a server comparing dates would return those).
+        """
+        inside = self._between(_comparable_time(page, self.spec), self.lower, self.upper)
+        if not self.spec.numeric_time and page.schema.get(self.spec.time_field) == pl.String:
+            at = pl.col(self.spec.time_field).str.to_datetime(
+                _ISO, time_zone="UTC", strict=False, time_unit="ms")
+            lower, upper = (datetime.fromisoformat(str(b)) for b in (self.lower, self.upper))
+            inside = inside | self._between(at, lower, upper)
+        return inside.fill_null(False)
+
+    def _between(self, time: pl.Expr, lower: int | str | datetime, upper: int | str | datetime
+                 ) -> pl.Expr:
+        below = time < upper if self.upper_op == "$lt" else time <= upper
+        return (time >= lower) & below
 
     def text(self) -> str:
         close = ")" if self.upper_op == "$lt" else "]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import polars as pl
@@ -225,3 +225,26 @@ def test_a_page_that_never_moves_past_one_time_is_refused(
     with pytest.raises(NightscoutBadResponse, match="page does not move"):
         _client(stuck).fetch_window("entries", START, END)
     assert [int(r.url.params["count"]) for r in seen] == [5, 5, 10, 20, 40, 80]
+
+
+def test_full_pages_of_treatments_inside_the_window_as_instants_are_paged() -> None:
+    # local offsets: outside the bounds as text, inside as instants; a server comparing
+    # dates returns them, and they must not read as a server ignoring the filter
+    docs = [{"_id": f"t{i}", "eventType": "Note",
+             "created_at": (START + timedelta(minutes=30 + i)).astimezone(
+                 timezone(timedelta(hours=-1))).isoformat(timespec="milliseconds")}
+            for i in range(5)]
+
+    def by_instant(request: httpx.Request) -> httpx.Response:
+        q = request.url.params
+        low = datetime.fromisoformat(q["find[created_at][$gte]"])
+        high = q.get("find[created_at][$lt]") or q["find[created_at][$lte]"]
+        upper = datetime.fromisoformat(high)
+        rows = [d for d in docs if low <= datetime.fromisoformat(str(d["created_at"]))
+                and (datetime.fromisoformat(str(d["created_at"])) < upper
+                     if "find[created_at][$lt]" in q
+                     else datetime.fromisoformat(str(d["created_at"])) <= upper)]
+        return httpx.Response(200, json=rows[: int(q["count"])])
+
+    frame = _client(by_instant, page_size=5).fetch_window("treatments", START, END)
+    assert frame.height == 5
