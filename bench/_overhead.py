@@ -31,8 +31,9 @@ Definitions (``DEFINITIONS``, also printed with the results):
 - *sampled*: the process's threads sampled every 10 ms during the parent wall; a sample
   counts as Cascade when any thread runs code of ``tasks/``, ``flows/`` or dbt (with the
   libraries they call), as Prefect when none does and some thread runs Prefect's code
-  (with the libraries it calls), and as waiting otherwise. *Prefect only* is the estimate
-  of time spent outside our code.
+  (with the libraries it calls; a Prefect thread using under 10 % of a CPU and not waiting
+  on the network is asleep, not running), and as waiting otherwise. *Prefect only* is the
+  estimate of time spent outside our code.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ DEFINITIONS: Final = (
      "Cascade code run in a flow body (plain dbt in build_branch, promote, publish's reads) "
      "is in it too"),
     ("sampled (every 10 ms, all threads): Cascade = some thread in tasks/, flows/ or dbt "
-     "(and what they call); Prefect only = no thread in our code, some in Prefect's; "
-     "waiting = neither. `Prefect only` is the estimate of time outside our code"),
+     "(and what they call); Prefect only = no thread in our code, some in Prefect's "
+     "(running, or waiting for the API's answer; a Prefect thread asleep, such as the "
+     "flow-run heartbeat, counts as waiting); waiting = neither. `Prefect only` is the "
+     "estimate of time outside our code"),
 )
 
 
