@@ -29,6 +29,7 @@ _OURS: Final = (str(REPO / "tasks") + "/", str(REPO / "flows") + "/", "/dbt/", "
 _PREFECT: Final = ("/prefect/", "/prefect_dbt/")
 _WAITS: Final = {("threading.py", "wait"), ("threading.py", "_wait_for_tstate_lock"),
                  ("queue.py", "get"), ("selectors.py", "select"), ("thread.py", "_worker")}
+_NETWORK: Final = ("/httpcore/", "/httpx/", "/h11/", "/anyio/", "/ssl.py", "/socket.py")
 _READBACK_TIMEOUT_S: Final = 120.0
 
 
@@ -38,7 +39,11 @@ class _Sampler(threading.Thread):
 
     A thread's innermost frame that is ours or Prefect's decides for it (libraries count for
     whoever called them); a thread blocked in a wait (a lock, a queue, ``select``) counts
-    for neither. Each sample stands for the time since the previous one.
+    for neither, and so does a thread in Prefect's code that used under 10 % of a CPU since
+    the last sample unless it waits on the network (the API's answer): a sleeping loop
+    such as the flow-run heartbeat is not overhead. Each sample stands for the time since
+    the previous one; ``prefect_where`` keeps the Prefect-only samples with the innermost
+    Prefect frame of one of the Prefect threads.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
@@ -47,6 +52,7 @@ class _Sampler(threading.Thread):
         self.samples: list[tuple[float, float, str]] = []
         self._stop_event = threading.Event()
         self._kinds: dict[str, str] = {}
+        self._cpu: dict[int, float] = {}
         self.prefect_where: list[tuple[float, float, str]] = []  # Prefect-only: by frame
 
     def _kind(self, filename: str) -> str:
@@ -69,11 +75,28 @@ class _Sampler(threading.Thread):
             frame = frame.f_back
         return "waiting", ""
 
+    def _idle(self, ident: int, frame: FrameType | None, dt: float) -> bool:
+        """A thread that used under 10 % of a CPU since the last sample and is not waiting
+        for a network answer (the API's, say): asleep, as in Prefect's heartbeat loop."""
+        try:
+            cpu = time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except (OSError, OverflowError):
+            return False
+        used, self._cpu[ident] = cpu - self._cpu.get(ident, cpu), cpu
+        network = frame is not None and any(m in frame.f_code.co_filename for m in _NETWORK)
+        return used < 0.1 * dt and not network
+
     def run(self) -> None:
         me, last = threading.get_ident(), time.time()
         while not self._stop_event.wait(self.interval):
-            kinds = dict(self._thread_kind(f) for i, f in sys._current_frames().items()
-                         if i != me)
+            dt = time.time() - last
+            kinds = {}
+            for ident, frame in sys._current_frames().items():
+                if ident != me:
+                    kind, where = self._thread_kind(frame)
+                    if kind == "prefect" and self._idle(ident, frame, dt):
+                        kind = "waiting"
+                    kinds[kind] = where
             now = time.time()
             state = "cascade" if "cascade" in kinds else "prefect" if "prefect" in kinds \
                 else "waiting"
