@@ -39,7 +39,7 @@ class _Sampler(threading.Thread):
 
     A thread's innermost frame that is ours or Prefect's decides for it (libraries count for
     whoever called them); a thread blocked in a wait (a lock, a queue, ``select``) counts
-    for neither, and so does a thread in Prefect's code that used under 10 % of a CPU since
+    for neither, and so does a thread in Prefect's code that used under 1 % of a CPU since
     the last sample unless it waits on the network (the API's answer): a sleeping loop
     such as the flow-run heartbeat is not overhead. Each sample stands for the time since
     the previous one; ``prefect_where`` keeps the Prefect-only samples with the innermost
@@ -76,15 +76,16 @@ class _Sampler(threading.Thread):
         return "waiting", ""
 
     def _idle(self, ident: int, frame: FrameType | None, dt: float) -> bool:
-        """A thread that used under 10 % of a CPU since the last sample and is not waiting
-        for a network answer (the API's, say): asleep, as in Prefect's heartbeat loop."""
+        """A thread that used under 1 % of a CPU since the last sample and is not waiting
+        for a network answer (the API's, say): asleep, as in Prefect's heartbeat loop (a
+        running thread starved by a loaded machine still gets far more)."""
         try:
             cpu = time.clock_gettime(time.pthread_getcpuclockid(ident))
         except (OSError, OverflowError):
             return False
         used, self._cpu[ident] = cpu - self._cpu.get(ident, cpu), cpu
         network = frame is not None and any(m in frame.f_code.co_filename for m in _NETWORK)
-        return used < 0.1 * dt and not network
+        return used < 0.01 * dt and not network
 
     def run(self) -> None:
         me, last = threading.get_ident(), time.time()

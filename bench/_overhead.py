@@ -31,9 +31,11 @@ Definitions (``DEFINITIONS``, also printed with the results):
 - *sampled*: the process's threads sampled every 10 ms during the parent wall; a sample
   counts as Cascade when any thread runs code of ``tasks/``, ``flows/`` or dbt (with the
   libraries they call), as Prefect when none does and some thread runs Prefect's code
-  (with the libraries it calls; a Prefect thread using under 10 % of a CPU and not waiting
-  on the network is asleep, not running), and as waiting otherwise. *Prefect only* is the
-  estimate of time spent outside our code.
+  (with the libraries it calls; a Prefect thread using under 1 % of a CPU and not waiting
+  on the network is asleep, not running), and as waiting otherwise. Waiting includes
+  Prefect's asynchronous API calls (its event-loop thread in ``select`` while the calling
+  thread waits), so the time spent outside our code lies between *Prefect only* and
+  *Prefect only* + *waiting*.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ DEFINITIONS: Final = (
     ("sampled (every 10 ms, all threads): Cascade = some thread in tasks/, flows/ or dbt "
      "(and what they call); Prefect only = no thread in our code, some in Prefect's "
      "(running, or waiting for the API's answer; a Prefect thread asleep, such as the "
-     "flow-run heartbeat, counts as waiting); waiting = neither. `Prefect only` is the "
-     "estimate of time outside our code"),
+     "flow-run heartbeat, counts as waiting); waiting = neither, which includes Prefect's "
+     "asynchronous API calls (its event-loop thread in select while the caller waits). So "
+     "the time outside our code lies between `Prefect only` and `Prefect only` + "
+     "`waiting`"),
 )
 
 
