@@ -35,7 +35,7 @@ def _spec(table: Table) -> list[tuple[str, str, str]]:
             for f in table.spec().fields]
 
 
-DECLARED = [("site_id", "identity", "site_id"), ("read_at_day", "day", "read_at")]
+DECLARED = [("site_id", "identity", "site_id"), ("read_at_month", "month", "read_at")]
 
 
 def _together(jobs: list[Callable[[], object]]) -> list[object]:
@@ -94,6 +94,49 @@ def test_table_left_without_its_spec_gets_it_on_next_use(tmp_path: Path) -> None
     table = ensure_table(catalog, LAYOUT)
 
     assert _spec(table) == DECLARED
+
+
+def test_a_table_partitioned_by_day_keeps_its_spec(tmp_path: Path) -> None:
+    """Tables made before month partitioning stay as they are: no second time field."""
+    from pyiceberg.transforms import DayTransform, IdentityTransform
+
+    catalog = _branches(tmp_path).catalog("main")
+    catalog.create_namespace("raw")
+    schema = pl.DataFrame(schema=_SCHEMA).to_arrow().schema
+    table = catalog.create_table(LAYOUT.identifier, schema)
+    with table.update_spec() as spec:
+        spec.add_field("site_id", IdentityTransform(), "site_id")
+        spec.add_field("read_at", DayTransform(), "read_at_day")
+
+    assert _spec(ensure_table(catalog, LAYOUT)) == [("site_id", "identity", "site_id"),
+                                                    ("read_at_day", "day", "read_at")]
+
+
+def test_replacing_one_day_inside_a_month_file_keeps_the_other_days(tmp_path: Path) -> None:
+    """A 30-day window lands as one file per month; re-ingesting one of its days rewrites
+    that file without the day's old rows, and every other day is kept exactly."""
+    from datetime import UTC, datetime, timedelta
+
+    catalog = _branches(tmp_path).catalog("main")
+    start = datetime(2024, 3, 1, tzinfo=UTC)
+    hours = [start + timedelta(hours=h) for h in range(30 * 24)]
+    month = pl.DataFrame({"site_id": "a", "read_at": hours, "value": 1}, schema=_SCHEMA)
+    replace_rows(catalog, LAYOUT, month, site_window(LAYOUT, "a", start, start + timedelta(30)))
+    table = catalog.load_table(LAYOUT.identifier)
+    assert len(table.inspect.files()) == 1  # one month, one file (not 30)
+
+    day = start + timedelta(days=9)
+    again = pl.DataFrame({"site_id": "a", "read_at": [day + timedelta(minutes=5 * i)
+                                                       for i in range(288)],
+                          "value": 2}, schema=_SCHEMA)
+    replace_rows(catalog, LAYOUT, again, site_window(LAYOUT, "a", day, day + timedelta(1)))
+
+    rows = read_table(catalog, LAYOUT.identifier).sort("read_at")
+    on_day = rows.filter(pl.col("read_at").dt.date() == day.date())
+    assert on_day.get_column("value").unique().to_list() == [2] and on_day.height == 288
+    others = rows.filter(pl.col("read_at").dt.date() != day.date())
+    expected = month.filter(pl.col("read_at").dt.date() != day.date()).sort("read_at")
+    assert others.equals(expected)
 
 
 # ---------------------------------------------------------------- separate processes
