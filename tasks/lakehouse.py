@@ -438,8 +438,9 @@ def _append(tx: Transaction, table: Table, data: pa.Table) -> None:
 
 # PyIceberg's writer (``_dataframe_to_data_files``) redoes its schema work (sanitising
 # names, the statistics plan, the field-id projection) for every file, which cost more
-# than writing the Parquet itself: a 30-day window is 30 day partitions, so 30 files per
-# table. Here that work is done once per commit; files, statistics and partition values
+# than writing the Parquet itself: a 30-day window on a day-partitioned table (as tables
+# made before month partitioning are) is 30 files per table. Here that work is done once
+# per commit; files, statistics and partition values
 # are the same as PyIceberg writes (one file per partition: windows are far below the
 # target file size).
 
