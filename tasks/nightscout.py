@@ -15,12 +15,15 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import cache
 from typing import Final, Self
 
 import httpx
@@ -73,6 +76,18 @@ class RetryPolicy:
             return min(self.max_s, max(0.0, retry_after))
         ceiling = min(self.max_s, self.base_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings every client shares, built once per process (and again only when
+    ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` change): loading the CA bundle costs tens of
+    milliseconds, which a client per window would pay every time."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@cache
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()  # reads the same two variables, else certifi's bundle
 
 
 def sanitize_url(url: httpx.URL | str) -> str:
@@ -131,6 +146,7 @@ class NightscoutClient:
             timeout=self.timeout_s,
             transport=self.transport,
             limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            verify=tls_context(),
         )
 
     def __enter__(self) -> Self:

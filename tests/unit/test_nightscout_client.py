@@ -248,3 +248,31 @@ def test_full_pages_of_treatments_inside_the_window_as_instants_are_paged() -> N
 
     frame = _client(by_instant, page_size=5).fetch_window("treatments", START, END)
     assert frame.height == 5
+
+
+def test_clients_share_one_tls_context_until_the_ca_settings_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client per window must not load the CA bundle again each time (tens of ms each).
+    import tasks.nightscout as nightscout
+
+    built: list[object] = []
+    real = httpx.create_ssl_context
+
+    def counting() -> object:
+        built.append(real())
+        return built[-1]
+
+    monkeypatch.setattr(nightscout.httpx, "create_ssl_context", counting)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    nightscout._tls_context.cache_clear()
+    settings = NightscoutSettings("https://ns.example.org", "a", SecretStr("s"))
+    for _ in range(3):
+        NightscoutClient(settings).close()
+    assert len(built) == 1
+    assert nightscout.tls_context() is built[0]
+
+    monkeypatch.setenv("SSL_CERT_DIR", "/etc/ssl/certs")  # a changed setting is honoured
+    NightscoutClient(settings).close()
+    assert len(built) == 2
+    nightscout._tls_context.cache_clear()
