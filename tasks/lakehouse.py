@@ -60,8 +60,10 @@ from pyiceberg.schema import Schema, assign_fresh_schema_ids, sanitize_column_na
 from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import TableUpdate, _apply_table_update, _TableMetadataUpdateContext
 from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform, Transform
 from pyiceberg.typedef import Record
+from pyiceberg.utils.datetime import datetime_to_millis
 from pyiceberg.utils.properties import property_as_int
 
 from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
@@ -409,12 +411,51 @@ def _replace(table: Table, data: pa.Table, where: BooleanExpression) -> int | No
     matching = _plan(table, where)
     if not matching and data.num_rows == 0:
         return None
-    with table.transaction() as tx:
+    with _Transaction(table) as tx:
         if matching:  # so PyIceberg's delete never warns that it matched no records
             tx.delete(where)
         _append(tx, table, data)
     snapshot = table.current_snapshot()
     return snapshot.snapshot_id if snapshot else None
+
+
+class _Transaction(Transaction):
+    """PyIceberg's transaction, without copying the whole table history on every look.
+
+    ``Transaction.table_metadata`` replays the staged updates and then deep-copies the
+    table metadata, every snapshot included, on each read; a delete plus an append reads it
+    more than a dozen times, so at a few hundred snapshots that copying was most of a
+    commit, and commits got slower as a table's history grew (PyIceberg's own proposal
+    caches the read). Here the staged view is worked out once per change of the table or
+    of the staged updates (both are replaced, never changed in place) and without the deep
+    copy: the updates build new metadata objects and leave the old ones alone, and nothing
+    here writes to the view. The catalog still applies and checks the updates itself when
+    the transaction commits.
+    """
+
+    _staged: tuple[TableMetadata, tuple[object, ...], TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates, staged = self._staged or (None, None, None)
+        if staged is None or base is not self._table.metadata or updates is not self._updates:
+            staged = _staged_metadata(self._table.metadata, self._updates)
+            self._staged = (self._table.metadata, self._updates, staged)
+        return staged
+
+
+def _staged_metadata(base: TableMetadata, updates: tuple[TableUpdate, ...]) -> TableMetadata:
+    """``update_table_metadata`` as PyIceberg 0.12 has it, less its final deep copy."""
+    context = _TableMetadataUpdateContext()
+    staged = base
+    for update in updates:
+        staged = _apply_table_update(update, staged, context)
+    if context.has_changes() and base.last_updated_ms == staged.last_updated_ms:
+        staged = staged.model_copy(
+            update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
+    staged.spec().check_compatible(staged.schema())
+    staged.sort_order().check_compatible(staged.schema())
+    return staged
 
 
 def _plan(table: Table, where: BooleanExpression) -> list[FileScanTask]:
