@@ -15,7 +15,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_seconds", "ingest_sites", "peak_rss_mib", "shape_and_check", "table_hygiene"]
+__all__ = [
+    "SYNC_PREFIX",
+    "cpu_seconds",
+    "ingest_sites",
+    "peak_rss_mib",
+    "shape_and_check",
+    "table_hygiene",
+]
+
+SYNC_PREFIX = "@bench-sync "  # a line the scale child writes to the suite before each site
 
 
 def peak_rss_mib() -> float:
@@ -42,7 +51,8 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def table_hygiene(catalog: Any, namespaces: tuple[str, ...] = ("raw", "audit")) -> list[dict]:
+def table_hygiene(catalog: Any, namespaces: tuple[str, ...] = ("raw", "audit")
+                  ) -> list[dict[str, Any]]:
     """Snapshots, data files and average data-file size of every table in ``namespaces``."""
     out = []
     for ns in namespaces:
@@ -82,11 +92,55 @@ def _ingest_site(settings: Any, catalog: Any, windows: list[tuple[datetime, date
         return sum(done)
 
 
+def _lakehouse_facts(catalog: Any) -> dict[str, Any]:
+    """Snapshots of each raw table and the size of ``raw.entries``'s metadata JSON (what a
+    commit reads, copies and rewrites), read between sites, outside the timed work."""
+    from urllib.parse import unquote, urlsplit
+
+    facts: dict[str, Any] = {}
+    for ident in sorted(catalog.list_tables("raw")):
+        table = catalog.load_table(ident)
+        facts[f"snapshots_{ident[-1]}"] = len(table.snapshots())
+        if ident[-1] == "entries":
+            path = Path(unquote(urlsplit(table.metadata_location).path))
+            facts["metadata_kib"] = path.stat().st_size / 1024 if path.exists() else 0.0
+    return facts
+
+
+def _current_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _ask_parent(index: int, site_id: str, last: dict[str, Any] | None) -> None:
+    """Tell the suite the next site is due (with the last site's figures) and wait for its
+    go-ahead: it warms that site's days in the simulator and drops the ones behind."""
+    import json
+    import sys
+
+    print(SYNC_PREFIX + json.dumps({"next": index, "site_id": site_id, "last": last}),
+          flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip() != "go":
+        raise RuntimeError(f"the suite answered {answer!r}, not 'go'")
+
+
+
 def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
     """Ingest ``days`` days of every site in ``spec["sites"]`` into a fresh lakehouse.
 
     ``spec``: sites ([{"site_id", "url"}]), secret, end (ISO date, last day), days,
-    chunk_days, workers, home (an empty directory).
+    chunk_days, workers, home (an empty directory); optional ``per_site`` (record each
+    site's seconds, CPU, rows, RSS and the tables' snapshot count after it) and ``sync``
+    (before each site, ask the suite on stdout and wait for ``go`` on stdin; implies
+    ``per_site``). With ``sync``, ``seconds`` and ``cpu_s`` are the sum over the sites'
+    ingests: waiting for the suite and reading the tables' facts are left out (``wall_s``
+    includes them).
     """
     from pydantic import SecretStr
 
@@ -100,14 +154,35 @@ def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
     end = datetime.fromisoformat(spec["end"]).date()
     days = day_windows(end - timedelta(days=spec["days"] - 1), end, spec["chunk_days"])
     windows = [(utc_midnight(lo), utc_midnight(hi)) for lo, hi in days]
+    sync = bool(spec.get("sync"))
+    per_site: list[dict[str, Any]] | None = [] if sync or spec.get("per_site") else None
     started, cpu, rows = time.perf_counter(), cpu_seconds(), 0
-    for site in spec["sites"]:
+    timed_s = timed_cpu = waited = 0.0
+    for i, site in enumerate(spec["sites"]):
+        if sync:
+            w0 = time.perf_counter()
+            _ask_parent(i, site["site_id"], per_site[-1] if per_site else None)
+            waited += time.perf_counter() - w0
         settings = NightscoutSettings(site["url"], site["site_id"], SecretStr(spec["secret"]))
-        rows += _ingest_site(settings, catalog, windows, spec["workers"])
-    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        got = _ingest_site(settings, catalog, windows, spec["workers"])
+        dt, dc = time.perf_counter() - t0, cpu_seconds() - c0
+        rows, timed_s, timed_cpu = rows + got, timed_s + dt, timed_cpu + dc
+        if per_site is not None:
+            per_site.append({"site": i + 1, "site_id": site["site_id"], "seconds": dt,
+                             "cpu_s": dc, "rows": got, "rss_mib": _current_rss_mib(),
+                             "peak_rss_mib": peak_rss_mib(), **_lakehouse_facts(catalog)})
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     hygiene = table_hygiene(catalog) if spec.get("hygiene") else []
-    return {"seconds": seconds, "cpu_s": cpu, "rows": rows, "peak_rss_mib": peak_rss_mib(),
-            "windows": len(windows), "hygiene": hygiene}
+    out: dict[str, Any] = {
+        "seconds": timed_s if sync else wall, "cpu_s": timed_cpu if sync else cpu,
+        "rows": rows, "peak_rss_mib": peak_rss_mib(), "windows": len(windows),
+        "hygiene": hygiene}
+    if sync:
+        out |= {"wall_s": wall, "wall_cpu_s": cpu, "waited_s": waited}
+    if per_site is not None:
+        out["per_site"] = per_site
+    return out
 
 
 def shape_and_check(spec: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,9 @@ __all__ = [
     "chain_stage_rows",
     "figure_row",
     "machine_facts",
+    "merge_results",
+    "per_site_rows",
+    "per_site_runs",
     "ratios",
     "render_markdown",
     "summarise",
@@ -175,6 +178,111 @@ def chain_overhead_rows(figure: Figure) -> list[dict[str, Any]]:
     return rows
 
 
+def per_site_rows(per_site: list[dict[str, Any]], blocks: int = 10) -> list[dict[str, Any]]:
+    """A scale run's per-site records in ``blocks`` consecutive groups of sites: mean wall
+    and CPU seconds per site, rows/s, and the child's RSS, peak and the tables' snapshots
+    and metadata size after the group's last site."""
+    if not per_site:
+        return []
+    size = max(1, math.ceil(len(per_site) / blocks))
+    rows = []
+    for lo in range(0, len(per_site), size):
+        group = per_site[lo:lo + size]
+        end = group[-1]
+        secs = sum(r["seconds"] for r in group)
+        rows.append({"first": group[0]["site"], "last": end["site"], "sites": len(group),
+                     "seconds_per_site": secs / len(group),
+                     "cpu_s_per_site": sum(r["cpu_s"] for r in group) / len(group),
+                     "rows_per_s": _per_second(sum(r["rows"] for r in group), secs),
+                     "rss_mib": end.get("rss_mib", float("nan")),
+                     "peak_rss_mib": end.get("peak_rss_mib", float("nan")),
+                     "snapshots": end.get("snapshots_entries", 0),
+                     "metadata_kib": end.get("metadata_kib", float("nan"))})
+    return rows
+
+
+def per_site_runs(result: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, per-site records) of every scale run that has them, partial ones too."""
+    out = []
+    for f in result["figures"]:
+        if f["benchmark"] == "scale":
+            for i, run in enumerate(f.get("runs", [])):
+                if len(run.get("per_site", [])) > 1:
+                    label = f["size"] + (f", run {i + 1}" if len(f["runs"]) > 1 else "")
+                    out.append((label, run["per_site"]))
+    for label, per_site in result.get("partial", {}).items():
+        if per_site:
+            out.append((f"{label} (stopped after {len(per_site)} sites)", per_site))
+    return out
+
+
+# Figures each benchmark writes (``--only`` names → ``figure["benchmark"]``).
+_FIGURE_NAMES: Final = {"ingest": "ingest", "shape": "shape+contract", "scale": "scale",
+                        "chain": "chain"}
+_ORDER: Final = tuple(_FIGURE_NAMES)
+_DERIVED: Final = ("summary", "ratios", "targets", "chain_stages", "chain_overhead")
+_LEGACY_NOTES: Final = (  # note prefixes → benchmark, for results written before per-run meta
+    ("100 site-years", "scale"), ("scaling plot", "scale"), ("scale", "scale"),
+    ("dlt is not installed", "ingest"), ("chain", "chain"), ("start-up =", "chain"),
+    ("between stages", "chain"), ("outside task runs", "chain"), ("sampled (", "chain"),
+    ("ingest failed", "ingest"), ("shape failed", "shape"))
+
+
+def _benchmark_of(figure: Figure) -> str:
+    return next((k for k, v in _FIGURE_NAMES.items() if v == figure["benchmark"]),
+                figure["benchmark"])
+
+
+def _runs_meta(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per benchmark: when it ran, under what load, from what code. Results written before
+    the suite recorded that get the whole run's figures, marked ``whole_suite_run``."""
+    meta = result["meta"]
+    if meta.get("benchmarks"):
+        return dict(meta["benchmarks"])
+    machine = meta.get("machine", {})
+    ran = [b for b in _ORDER if any(_benchmark_of(f) == b for f in result["figures"])]
+    notes: dict[str, list[str]] = {b: [] for b in ran}
+    for note in result.get("notes", []):
+        owner = next((b for prefix, b in _LEGACY_NOTES if note.startswith(prefix)), None)
+        if owner in notes:
+            notes[owner].append(note)
+    return {b: {"started_at": meta.get("started_at"), "wall_s": None,
+                "suite_wall_s": meta.get("wall_s"),
+                "load_average_start": machine.get("load_average"),
+                "load_average_end": meta.get("load_average_end"),
+                "python": machine.get("python"), "versions": machine.get("versions", {}),
+                "git": meta.get("git"), "notes": notes[b], "whole_suite_run": True}
+            for b in ran}
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``previous`` with the benchmarks ``new`` ran replaced by ``new``'s: their figures,
+    notes, per-run meta (and hygiene for ``ingest``, partial runs for ``scale``)."""
+    ran = set(new["meta"].get("benchmarks", {}))
+    old_meta, new_meta = _runs_meta(previous), _runs_meta(new)
+    kept_meta = {b: m for b, m in old_meta.items() if b not in ran}
+    owned = {n for m in old_meta.values() for n in m.get("notes", [])}
+    general = [n for n in previous.get("notes", []) if n not in owned]
+    runs = {**kept_meta, **{b: m for b, m in new_meta.items() if b in ran}}
+    runs = {b: runs[b] for b in sorted(runs, key=lambda b: (_ORDER + (b,)).index(b))}
+    figures = [f for b in runs for f in (new if b in ran else previous)["figures"]
+               if _benchmark_of(f) == b]
+    notes = general + [n for m in runs.values() for n in m.get("notes", [])]
+    merged = {k: v for k, v in previous.items() if k not in _DERIVED}
+    merged_from = previous["meta"].get("merged_from", [previous["meta"].get("started_at")])
+    merged |= {
+        "meta": {**new["meta"], "benchmarks": runs,
+                 "merged_from": [*merged_from, new["meta"]["started_at"]]},
+        "figures": figures, "notes": list(dict.fromkeys(notes)),
+        "hygiene": new.get("hygiene", {}) if "ingest" in ran else previous.get("hygiene", {}),
+    }
+    partial = new.get("partial", {}) if "scale" in ran else previous.get("partial", {})
+    merged.pop("partial", None)
+    if partial:
+        merged["partial"] = partial
+    return merged
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -310,19 +418,92 @@ def _chain_tables(figures: list[Figure]) -> list[str]:
     return lines
 
 
+def _load(la: list[float] | None) -> str:
+    return "/".join(f"{x:.2f}" for x in la) if la else "?"
+
+
+def _runs_table(result: dict[str, Any]) -> list[str]:
+    """When each benchmark ran, for how long, under what load, from what code."""
+    runs = _runs_meta(result)
+    if not runs:
+        return []
+    base = result["meta"]["machine"].get("versions", {})
+    lines = ["", ("| benchmark | started (UTC) | wall s | load average (1/5/15 min) start → end "
+                  "| code | versions |"), "| --- | --- | ---: | --- | --- | --- |"]
+    for name, m in runs.items():
+        wall = (_num(m["wall_s"]) if m.get("wall_s") is not None
+                else f"{_num(m.get('suite_wall_s') or float('nan'))} (whole suite run)")
+        differ = {k: v for k, v in (m.get("versions") or {}).items() if v and base.get(k) != v}
+        shown = ", ".join(f"{k} {v}" for k, v in differ.items()) or "as above"
+        if m.get("python") and m["python"] != result["meta"]["machine"].get("python"):
+            shown = f"Python {m['python']}; {shown}"
+        lines.append(f"| {name} | {m.get('started_at') or '?'} | {wall} "
+                     f"| {_load(m.get('load_average_start'))} → {_load(m.get('load_average_end'))} "
+                     f"| {m.get('git') or '?'} | {shown} |")
+    return lines
+
+
+def _per_site_tables(result: dict[str, Any]) -> list[str]:
+    """Per scale run with several sites: the cost of each tenth of its sites, in order,
+    as the tables accumulate snapshots."""
+    lines: list[str] = []
+    for label, per_site in per_site_runs(result):
+        rows = per_site_rows(per_site)
+        title = (f"Per-site cost as the lakehouse grows ({label}; means over each group "
+                 "of sites, RSS and tables after its last site):")
+        lines += ["", title, "",
+                  ("| sites | wall s / site | CPU s / site | rows/s | snapshots per table "
+                   "| raw.entries metadata KiB | RSS MiB | peak RSS MiB |"),
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            span = str(r["first"]) if r["first"] == r["last"] else f"{r['first']}–{r['last']}"
+            lines.append(f"| {span} | {r['seconds_per_site']:.1f} | {r['cpu_s_per_site']:.1f} "
+                         f"| {_num(r['rows_per_s'])} | {r['snapshots']:,} "
+                         f"| {_num(r['metadata_kib'])} | {_num(r['rss_mib'])} "
+                         f"| {_num(r['peak_rss_mib'])} |")
+        if len(rows) > 1 and rows[0]["cpu_s_per_site"] > 0:
+            growth = rows[-1]["cpu_s_per_site"] / rows[0]["cpu_s_per_site"]
+            lines.append(f"\nCPU per site, last group ÷ first: {growth:.2f}x.")
+    return lines
+
+
+def _simulator_table(figures: list[Figure]) -> list[str]:
+    runs = [(f["size"], r["simulator"]) for f in figures if f["benchmark"] == "scale"
+            for r in f.get("runs", []) if "simulator" in r]
+    if not runs:
+        return []
+    lines = ["", ("| scale run | simulator RSS max MiB | warming process peak MiB | sites "
+                  "generated | generating CPU s | child waited s | days not warmed |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {size} | {_num(m['rss_max_mib'])} | {_num(m['worker_peak_rss_mib'])} "
+              f"| {m['sites_generated']:.0f} | {m['generate_cpu_s']:.1f} | {m['waited_s']:.1f} "
+              f"| {m['misses']:,} |" for size, m in runs]
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    """The run as markdown: machine line, figures, ratios, targets, chain stages and
-    overhead, Iceberg hygiene."""
+    """The run as markdown: machine line, when and under what load each benchmark ran,
+    figures, ratios, targets, chain stages and overhead, per-site cost of scale runs,
+    Iceberg hygiene."""
     meta = result["meta"]
     machine = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
-    load = " → ".join("/".join(f"{x:.2f}" for x in la)
-                      for la in (machine["load_average"], meta.get("load_average_end")) if la)
-    head = [(f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu']}; "
-            f"load average (1/5/15 min) {load}; Python {machine['python']}; {versions}; "
-            f"{meta['started_at']}, {meta.get('wall_s', 0):.0f} s in all."), ""]
-    body = (_figures_table(result["figures"]) + _ratio_table(result["figures"])
-            + _target_table(result["figures"]) + _chain_tables(result["figures"])
-            + _hygiene_table(result.get("hygiene", {})))
+    merged = meta.get("merged_from", [])
+    if len(merged) > 1:
+        when = (f"merged from the runs started {', '.join(str(m) for m in merged)} "
+                "(each benchmark's run below)")
+        head = [(f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu']}; "
+                 f"Python {machine['python']}; {versions}; {when}."), ""]
+    else:
+        load = " → ".join("/".join(f"{x:.2f}" for x in la)
+                          for la in (machine["load_average"], meta.get("load_average_end")) if la)
+        head = [(f"{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu']}; "
+                f"load average (1/5/15 min) {load}; Python {machine['python']}; {versions}; "
+                f"{meta['started_at']}, {meta.get('wall_s', 0):.0f} s in all."), ""]
+    runs = _runs_table(result)
+    body = ((runs[1:] + [""] if runs else []) + _figures_table(result["figures"])
+            + _ratio_table(result["figures"]) + _target_table(result["figures"])
+            + _chain_tables(result["figures"]) + _simulator_table(result["figures"])
+            + _per_site_tables(result) + _hygiene_table(result.get("hygiene", {})))
     notes = [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(head + body + ([""] + notes if notes else [])) + "\n"

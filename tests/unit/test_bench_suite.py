@@ -244,3 +244,167 @@ def test_chain_options_pick_flows_sizes_and_dbt_modes() -> None:
         ("backfill", 365, "plain")]
     with pytest.raises(SystemExit):
         parse_args(["--chain-flows", "weekly"])
+
+
+# ----------------------------------------------------------------------------- scale runs
+
+
+def _per_site(n: int) -> list[dict[str, object]]:
+    return [{"site": i, "site_id": f"s{i}", "seconds": 10.0 + i, "cpu_s": 5.0 + i,
+             "rows": 1000, "rss_mib": 400.0 + i, "peak_rss_mib": 450.0 + i,
+             "snapshots_entries": 13 * i, "metadata_kib": 10.0 * i} for i in range(1, n + 1)]
+
+
+def test_site_day_cache_holds_loads_evicts_and_counts_misses() -> None:
+    from types import SimpleNamespace
+
+    from bench._sitecache import SiteDayCache
+
+    made: list[tuple[str, int, str]] = []
+
+    def generate(site: object, ordinal: int, collection: str) -> str:
+        made.append((site.site_id, ordinal, collection))  # type: ignore[attr-defined]
+        return f"{site.site_id}-{ordinal}-{collection}"  # type: ignore[attr-defined]
+
+    cache = SiteDayCache(generate)
+    a, b = SimpleNamespace(site_id="a"), SimpleNamespace(site_id="b")
+    assert cache(a, 1, "entries") == "a-1-entries" and cache(a, 1, "entries") == "a-1-entries"
+    assert made == [("a", 1, "entries")] and cache.misses["a"] == 1
+    cache.load("b", {(2, "entries"): "loaded"})
+    assert cache(b, 2, "entries") == "loaded" and cache.misses["b"] == 0
+    assert sorted(cache.sites()) == ["a", "b"] and cache.holds("b")
+    assert cache.evict("b") == 1 and not cache.holds("b") and cache.evict("b") == 0
+    cache.reset_misses()
+    assert not cache.misses
+
+
+def test_site_warmer_generates_a_site_in_another_process_and_evicts_it() -> None:
+    from datetime import date
+
+    from bench._sitecache import SiteDayCache, SiteWarmer
+    from tasks.simulator import SiteConfig
+    from tasks.simulator import server as server_module
+
+    site = SiteConfig(site_id="s1", seed=101, timezone="Europe/London", api_secret="s")
+    cache = SiteDayCache(server_module._day_index.__wrapped__)
+    warmer = SiteWarmer(cache, [date(2025, 1, 1), date(2024, 12, 31)], ("entries",),
+                        pinned=["a"])
+    try:
+        warmer.prefetch(site)
+        assert warmer.ensure(site) >= 0.0 and cache.holds("s1")
+        index = cache(site, date(2025, 1, 1).toordinal(), "entries")
+        assert index.ms.size > 200 and not cache.misses
+        assert warmer.stats()["sites_generated"] == 1
+        assert warmer.stats()["worker_peak_rss_mib"] > 0
+        assert warmer.evict("s1") == 2 and warmer.evict("a") == 0
+    finally:
+        warmer.close()
+
+
+def test_synced_ingest_asks_the_suite_before_each_site_and_records_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from bench._cascade import SYNC_PREFIX, ingest_sites
+    from tasks.simulator import SimulatorServer, SiteConfig
+
+    sites = [SiteConfig(site_id=s, seed=i, timezone="Europe/London", api_secret="s")
+             for i, s in enumerate(("a", "b"), 1)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("go\ngo\n"))
+    with SimulatorServer(sites, now=datetime(2025, 1, 2, tzinfo=UTC), history_days=5) as sim:
+        out = ingest_sites({"sites": [{"site_id": s.site_id, "url": sim.url_for(s.site_id)}
+                                      for s in sites],
+                            "secret": "s", "end": "2025-01-01", "days": 1, "chunk_days": 30,
+                            "workers": 1, "home": str(tmp_path), "sync": True})
+    asked = [json.loads(line[len(SYNC_PREFIX):]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith(SYNC_PREFIX)]
+    assert [(m["next"], m["site_id"]) for m in asked] == [(0, "a"), (1, "b")]
+    assert asked[0]["last"] is None and asked[1]["last"]["site_id"] == "a"
+    per_site = out["per_site"]
+    assert [r["site"] for r in per_site] == [1, 2]
+    assert out["seconds"] == pytest.approx(sum(r["seconds"] for r in per_site))
+    assert out["rows"] == sum(r["rows"] for r in per_site)
+    assert per_site[0]["snapshots_entries"] == 1 and per_site[1]["snapshots_entries"] == 2
+    assert per_site[1]["metadata_kib"] > per_site[0]["metadata_kib"] > 0
+    assert out["wall_s"] >= out["seconds"] and out["waited_s"] >= 0
+
+
+def test_per_site_rows_group_sites_in_tenths() -> None:
+    from bench._report import per_site_rows
+
+    rows = per_site_rows(_per_site(100))
+    assert len(rows) == 10 and (rows[0]["first"], rows[0]["last"]) == (1, 10)
+    assert rows[0]["seconds_per_site"] == pytest.approx(15.5)
+    assert rows[-1]["cpu_s_per_site"] == pytest.approx(100.5)
+    assert (rows[-1]["snapshots"], rows[-1]["rss_mib"]) == (1300, 500.0)
+    assert len(per_site_rows(_per_site(3))) == 3 and per_site_rows([]) == []
+
+
+def test_markdown_shows_when_each_benchmark_ran_and_the_per_site_cost() -> None:
+    result = _result()
+    scale = result["figures"][3]
+    scale["runs"] = [{"seconds": 900.0, "per_site": _per_site(20),
+                      "simulator": {"rss_max_mib": 800.0, "worker_peak_rss_mib": 300.0,
+                                    "sites_generated": 19, "generate_cpu_s": 150.0,
+                                    "waited_s": 0.5, "misses": 0}}]
+    result["meta"]["benchmarks"] = {
+        "scale": {"started_at": "2026-01-01T00:00:00+00:00", "wall_s": 950.0,
+                  "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [2.0, 2.0, 2.0],
+                  "git": "abc1234", "python": "3.11.7", "versions": {"polars": "1.0"}}}
+    text = render_markdown(result)
+    assert ("| scale | 2026-01-01T00:00:00+00:00 | 950 | 1.00/1.00/1.00 → 2.00/2.00/2.00 "
+            "| abc1234 | as above |") in text
+    assert "Per-site cost as the lakehouse grows (100 site-years;" in text
+    assert "| 1–2 | 11.5 | 6.5 | 87 | 26 | 20 | 402 | 452 |" in text
+    assert "CPU per site, last group ÷ first: 3.77x." in text
+    assert "| 100 site-years | 800 | 300 | 19 | 150.0 | 0.5 | 0 |" in text
+
+
+def _stamped(result: dict[str, object], started: str, ran: list[str]) -> dict[str, object]:
+    meta = result["meta"]
+    meta["started_at"] = started  # type: ignore[index]
+    meta["benchmarks"] = {b: {"started_at": started, "wall_s": 1.0,  # type: ignore[index]
+                              "load_average_start": [1.0, 1.0, 1.0],
+                              "load_average_end": [1.0, 1.0, 1.0], "notes": []}
+                          for b in ran}
+    return result
+
+
+def test_merge_replaces_what_ran_and_keeps_the_rest() -> None:
+    from bench._report import merge_results
+
+    old = json.loads(to_json(_result()))  # a file written before per-benchmark meta
+    old["notes"] = ["100 site-years not run (--scale 1,10)", "chain figures: x", "general"]
+    new = _stamped({**_result(), "notes": ["scale: new"], "hygiene": {}}, "2026-02-02", ["scale"])
+    new["meta"]["benchmarks"]["scale"]["notes"] = ["scale: new"]
+    new["figures"] = [_figure("scale", "cascade", "100 site-years", 22_000_000, [800.0],
+                              [600.0])]
+    merged = merge_results(old, new)
+    assert [(f["benchmark"], f["seconds"]) for f in merged["figures"]] == [
+        ("ingest", [2.0, 1.0, 4.0]), ("ingest", [10.0, 12.0, 8.0]),
+        ("shape+contract", [0.01]), ("scale", [800.0])]
+    assert merged["notes"] == ["chain figures: x", "general", "scale: new"]
+    assert merged["hygiene"] == old["hygiene"]
+    assert merged["meta"]["merged_from"] == ["2026-01-01T00:00:00+00:00", "2026-02-02"]
+    runs = merged["meta"]["benchmarks"]
+    assert list(runs) == ["ingest", "shape", "scale"]
+    assert runs["ingest"]["whole_suite_run"] and runs["scale"]["started_at"] == "2026-02-02"
+    text = render_markdown(merged)
+    assert "merged from the runs started 2026-01-01T00:00:00+00:00, 2026-02-02" in text
+    assert "| ingest | 2026-01-01T00:00:00+00:00 | 12 (whole suite run) | 1.00/2.00/3.00 → " \
+        "4.00/5.00/6.00 |" in text
+    assert "summary" not in merged
+    again = merge_results(json.loads(to_json(merged)), new)  # merging twice changes nothing
+    assert again["figures"] == merged["figures"] and again["notes"] == merged["notes"]
+
+
+def test_plot_scaling_with_per_site_cost(tmp_path: Path) -> None:
+    figures = [_figure("scale", "cascade", "1 site-year", 10, [2.0], [300.0]),
+               _figure("scale", "cascade", "100 site-years", 1000, [200.0], [500.0])]
+    assert plot_scaling(figures, tmp_path / "p.png", [("100 site-years", _per_site(100))])
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_merge_option_is_off_by_default() -> None:
+    assert not parse_args([]).merge and parse_args(["--merge"]).merge
