@@ -109,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="merge into the results already in --out-json: the benchmarks run "
                         "now replace theirs, the others are kept; markdown and plot are "
                         "written from the whole")
+    p.add_argument("--merge-results", type=Path, metavar="JSON",
+                   help="run nothing: merge the benchmarks of this results file (written by "
+                        "the suite) into --out-json, as --merge would have, and rewrite the "
+                        "markdown and plot")
     p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -647,6 +651,9 @@ def _write(result: dict[str, Any], args: argparse.Namespace,
     """Write markdown, JSON and the plot as they stand (after each benchmark, and at the
     end); with ``previous``, this run's benchmarks replace theirs in it."""
     whole = merge_results(previous, result) if previous is not None else result
+    if any(n.startswith("scaling plot:") for n in whole["notes"]):  # the plot written now
+        whole = {**whole, "notes": [n for n in whole["notes"] if not n.startswith(
+            "scaling plot:")] + [f"scaling plot: {args.plot}"]}
     plot_scaling(whole["figures"], args.plot, per_site_runs(whole))
     markdown = render_markdown(whole)
     for path, text in ((args.out_md, markdown), (args.out_json, to_json(whole))):
@@ -660,6 +667,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         _child_main(*args.child)
+        return 0
+    if args.merge_results:
+        args.merge = True
+        done: dict[str, Any] = json.loads(args.merge_results.read_text())
+        if not done["meta"].get("benchmarks"):
+            raise SystemExit(f"{args.merge_results} records no per-benchmark runs to merge")
+        print(_write(done, args, _load_previous(args)))
         return 0
     previous = _load_previous(args)
     git = _git_head()

@@ -408,3 +408,22 @@ def test_plot_scaling_with_per_site_cost(tmp_path: Path) -> None:
 
 def test_merge_option_is_off_by_default() -> None:
     assert not parse_args([]).merge and parse_args(["--merge"]).merge
+
+
+def test_merge_results_folds_a_results_file_into_out_json(tmp_path: Path) -> None:
+    from bench.suite import main
+
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(to_json(_result()))
+    run = _stamped({**_result(), "notes": [], "hygiene": {}}, "2026-02-02", ["scale"])
+    run["figures"] = [_figure("scale", "cascade", "10 site-years", 2_000_000, [300.0],
+                              [550.0])]
+    new.write_text(to_json(run))
+    assert main(["--merge-results", str(new), "--out-json", str(old), "--out-md",
+                 str(tmp_path / "out.md"), "--plot", str(tmp_path / "out.png")]) == 0
+    merged = json.loads(old.read_text())
+    assert [f["size"] for f in merged["figures"] if f["benchmark"] == "scale"] == [
+        "10 site-years"]
+    assert [f["benchmark"] for f in merged["figures"]].count("ingest") == 2
+    assert "merged from the runs started" in (tmp_path / "out.md").read_text()
+    assert (tmp_path / "out.png").exists()
