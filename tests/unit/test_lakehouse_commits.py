@@ -150,3 +150,32 @@ def test_data_files_are_the_ones_pyiceberg_would_write(catalog: Catalog) -> None
 
     assert len(ours) == 2  # two sites, both days in one month partition
     assert described(ours) == described(theirs)
+
+
+def test_a_commit_never_deep_copies_the_table_history_for_its_own_view(
+        catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PyIceberg's Transaction.table_metadata deep-copies every snapshot on each read (a
+    # dozen reads per commit), which made commits slower the longer a table's history.
+    import pyiceberg.table as iceberg_table
+
+    for n in range(6):  # some history: appends, then a replace of a day that has rows
+        _write(catalog, "a", DAY + n * ONE_DAY, [n])
+    table = catalog.load_table(LAYOUT.identifier)
+    before = table.metadata.model_dump_json()
+    reads: list[int] = []
+    real = iceberg_table.update_table_metadata
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(iceberg_table, "update_table_metadata", counted)
+    _write(catalog, "a", DAY + 2 * ONE_DAY, [20, 21])  # a delete and an append
+    _write(catalog, "b", DAY, [7])  # a plain append
+    assert reads == []
+    assert table.metadata.model_dump_json() == before  # the old metadata was left alone
+    assert _values(catalog, "a", DAY + 2 * ONE_DAY) == [20, 21]
+    assert _values(catalog, "b", DAY) == [7]
+    assert [_values(catalog, "a", DAY + n * ONE_DAY) for n in (0, 1, 3, 4, 5)] == [
+        [0], [1], [3], [4], [5]]
+    assert _operations(catalog)[-3:] == ["delete", "append", "append"]  # replace, then append
