@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
 from polars.datatypes import DataTypeClass
 
@@ -207,17 +208,24 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
     """
     # Sorted, so a record's extra is the same whichever window (and so whichever set of
     # neighbours, which decides the frame's column order) it was fetched in.
-    members = [_field_member(docs, c) for c in sorted(docs.columns)
-               if c not in modelled and c != _ROW and _sent(docs, c)]
-    uncast = [_uncast(docs, name) for name in numeric if name in docs.columns]
-    failed = [u for u in uncast if u is not None]
-    if failed:
-        inner = pl.concat_str(failed, separator=",", ignore_nulls=True)
-        members.append(pl.when(pl.any_horizontal(u.is_not_null() for u in failed))
-                       .then(pl.format('"_uncast":{{{}}}', inner)))
-    if not members:
-        return pl.lit("{}")
-    return pl.format("{{{}}}", pl.concat_str(members, separator=",", ignore_nulls=True))
+    fields = [_Field.of(docs, c) for c in sorted(docs.columns)
+              if c not in modelled and c != _ROW and _sent(docs, c)]
+    numbers = [_Number(n, plain=docs.schema[n] == pl.String() and not _needs_escapes(
+        docs.get_column(n))) for n in numeric if _may_fail_cast(docs, n)]
+    rare = [f.name for f in fields if not f.never_null]
+    if not (rare or numbers) or sum(docs.get_column(c).count() for c in rare) * 2 > docs.height:
+        return _json_object(docs, fields, numbers)
+    # Most documents send just the fields every document has, and numbers as numbers: their
+    # extra holds those fields alone. The whole object is built for the others only, and
+    # written over theirs.
+    others = docs.select(pl.any_horizontal(
+        *(pl.col(c).is_not_null() for c in rare),
+        *(_failed_cast(docs, n.name) for n in numbers))).to_series()
+    whole = (docs.select(*(f.name for f in fields), *(n.name for n in numbers)).filter(others)
+             .select(_json_object(docs, fields, numbers)).to_series())
+    common = _json_object(docs, [f for f in fields if f.never_null], [])
+    extra = docs.with_columns(common.alias("__extra")).get_column("__extra")  # one per row
+    return pl.lit(extra.scatter(others.arg_true(), whole))
 
 
 def _sent(docs: pl.DataFrame, name: str) -> bool:
@@ -225,23 +233,123 @@ def _sent(docs: pl.DataFrame, name: str) -> bool:
     return docs.get_column(name).null_count() < docs.height
 
 
-def _field_member(docs: pl.DataFrame, name: str) -> pl.Expr:
-    """Field ``name`` as a member of ``extra`` (see ``_member``).
+_Piece = str | pl.Expr  # literal text, or text that is null where the value is missing
 
-    Integers, booleans and text with nothing to escape are written as they are, the
-    same text the JSON encoder writes, without running it.
+
+@dataclass(frozen=True)
+class _Member:
+    """One member of ``extra``, ``"name":<value as JSON>``, as the pieces of text that make
+    it: null in a row where the document has no value, unless ``never_null``."""
+
+    pieces: tuple[_Piece, ...]
+    never_null: bool = False
+
+    def text(self, before: str = "", after: str = "") -> pl.Expr:
+        """The member as one expression, with ``before`` and ``after`` around it."""
+        return _concat([before, *self.pieces, after])
+
+
+def _concat(pieces: list[_Piece], *, ignore_nulls: bool = False) -> pl.Expr:
+    """The pieces joined, adjacent literals first: each piece costs a step per row."""
+    merged: list[_Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        elif not isinstance(piece, str) or piece:
+            merged.append(piece)
+    exprs = [pl.lit(p) if isinstance(p, str) else p for p in merged]
+    return exprs[0] if len(exprs) == 1 else pl.concat_str(exprs, ignore_nulls=ignore_nulls)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """An unmodelled field of a batch, and how its values are written as a member."""
+
+    name: str
+    dtype: pl.DataType
+    never_null: bool  # every document of the batch has it
+    plain: bool  # a number or boolean, or text with nothing to escape: written as it is
+
+    @classmethod
+    def of(cls, docs: pl.DataFrame, name: str) -> _Field:
+        column = docs.get_column(name)
+        plain = (column.dtype.is_integer() or column.dtype == pl.Boolean()
+                 or (column.dtype == pl.String() and not _needs_escapes(column)))
+        return cls(name, column.dtype, column.null_count() == 0, plain)
+
+    def member(self) -> _Member:
+        """The field as a member of ``extra`` (see ``_member``).
+
+        Integers, booleans and text with nothing to escape are written as they are, the
+        same text the JSON encoder writes, without running it.
+        """
+        key, values = _json_key(self.name), pl.col(self.name)
+        if self.plain and self.dtype == pl.String():
+            return _Member((key + '"', values, '"'), self.never_null)
+        if self.plain:
+            return _Member((key, values.cast(pl.String)), self.never_null)
+        return _Member((_member(self.name, values, nested=_holds_struct(self.dtype),
+                                never_null=self.never_null),), self.never_null)
+
+
+@dataclass(frozen=True)
+class _Number:
+    """A modelled number whose documents may send something else (text, a list, ...)."""
+
+    name: str
+    plain: bool  # text with nothing to escape: written as it is
+
+
+def _json_object(docs: pl.DataFrame, fields: list[_Field], numbers: list[_Number]) -> pl.Expr:
+    """``{...}`` with the members that are not null, in order, comma-separated; the
+    uncast numbers last.
+
+    A member no row lacks anchors the commas: members before it carry a comma after them,
+    members after it a comma before them, and the whole object is one concatenation in
+    which a member every row has is written straight into the result, not copied into a
+    column of its own first.
     """
-    column = docs.get_column(name)
-    if column.dtype.is_integer() or column.dtype == pl.Boolean():
-        return pl.lit(_json_key(name)) + pl.col(name).cast(pl.String)
-    if column.dtype == pl.String() and not column.str.contains_any(_JSON_ESCAPED).any():
-        return pl.lit(_json_key(name) + '"') + pl.col(name) + pl.lit('"')
-    return _member(name, pl.col(name), nested=_holds_struct(column.dtype),
-                   never_null=column.null_count() == 0)
+    members = [f.member() for f in fields]
+    uncast = _uncast_member(docs, numbers)
+    if uncast is not None:
+        members.append(uncast)
+    if not members:
+        return pl.lit("{}")
+    anchor = next((i for i, m in enumerate(members) if m.never_null), None)
+    if anchor is None:
+        joined = pl.concat_str([m.text() for m in members], separator=",", ignore_nulls=True)
+        return pl.format("{{{}}}", joined)
+    pieces: list[_Piece] = ["{"]
+    for i, member in enumerate(members):
+        if i == anchor:
+            pieces += member.pieces
+        elif i < anchor:
+            pieces.append(member.text(after=","))  # nullable: members before the anchor
+        elif member.never_null:
+            pieces += [",", *member.pieces]
+        else:
+            pieces.append(member.text(before=","))
+    pieces.append("}")
+    return _concat(pieces, ignore_nulls=True)
 
 
-# What Polars' JSON encoder escapes in a string: control characters, quote and backslash.
-_JSON_ESCAPED: Final = [chr(c) for c in range(0x20)] + ['"', "\\"]
+def _needs_escapes(text: pl.Series) -> bool:
+    """Whether any value holds a character Polars' JSON encoder escapes: a control
+    character, a quote or a backslash.
+
+    Scans the text's bytes a slice of values at a time, several times faster than
+    searching each value; in UTF-8 those characters are single bytes no other character
+    contains.
+    """
+    for start in range(0, text.len(), _SCAN_ROWS):
+        data = text.slice(start, _SCAN_ROWS).str.join("").cast(pl.Binary).item()
+        if data and (np.frombuffer(data, dtype=np.uint8).min() < 0x20
+                     or b'"' in data or b"\\" in data):
+            return True
+    return False
+
+
+_SCAN_ROWS: Final = 1 << 16
 
 
 @lru_cache(maxsize=1024)
@@ -288,16 +396,35 @@ def _drop_null_members(encoded: pl.Expr) -> pl.Expr:
     )
 
 
-def _uncast(docs: pl.DataFrame, name: str) -> pl.Expr | None:
-    """``"name":"<text>"`` where the field is present but not a number, else null.
-
-    None when no document can fail the cast: a numeric or boolean column, or one never sent.
-    """
+def _may_fail_cast(docs: pl.DataFrame, name: str) -> bool:
+    """Whether a document can hold something other than a number in field ``name``: the
+    field was sent, and not as a numeric or boolean column."""
+    if name not in docs.columns:
+        return False
     source = docs.schema[name]
-    if source.is_numeric() or source == pl.Boolean() or not _sent(docs, name):
+    return not (source.is_numeric() or source == pl.Boolean()) and _sent(docs, name)
+
+
+def _failed_cast(docs: pl.DataFrame, name: str) -> pl.Expr:
+    """True where field ``name`` is present but not a number."""
+    return pl.col(name).is_not_null() & _col(docs, name, pl.Float64()).is_null()
+
+
+def _uncast_member(docs: pl.DataFrame, numbers: list[_Number]) -> _Member | None:
+    """``"_uncast":{...}``: each number a document sent that is not one, as its text."""
+    if not numbers:
         return None
-    failed = pl.col(name).is_not_null() & _col(docs, name, pl.Float64()).is_null()
-    return _member(name, pl.when(failed).then(_col(docs, name, pl.String())))
+    texts, members = [], []
+    for number in numbers:
+        text = pl.when(_failed_cast(docs, number.name)).then(
+            _col(docs, number.name, pl.String()))
+        key = _json_key(number.name)
+        texts.append(text)
+        members.append(_concat([key + '"', text, '"']) if number.plain
+                       else _member(number.name, text))
+    inner = pl.concat_str(members, separator=",", ignore_nulls=True)
+    any_failed = pl.any_horizontal(text.is_not_null() for text in texts)
+    return _Member((pl.when(any_failed).then(pl.format('"_uncast":{{{}}}', inner)),))
 
 
 def _payload(docs: pl.DataFrame) -> pl.Expr:

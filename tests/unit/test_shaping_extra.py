@@ -76,3 +76,29 @@ def test_text_needing_escapes_keeps_them_while_plain_text_is_written_as_is() -> 
 def test_floats_are_written_as_the_json_encoder_writes_them() -> None:
     extra = _extra([_entry(0, ratio=1.5), _entry(1, ratio=1e20)])
     assert [json.loads(e)["ratio"] for e in extra] == [1.5, 1e20]
+
+
+def test_fields_few_documents_send_are_written_for_just_those_documents() -> None:
+    sent: list[dict[str, object]] = [{"every": f"v{i}"} for i in range(40)]
+    sent[3] |= {"alpha": 1, "zulu": "z"}
+    sent[39] |= {"zulu": 'say "hi"'}
+    docs = [_entry(i, **fields) for i, fields in enumerate(sent)]
+    docs[17]["sgv"] = "HIGH"
+    expected = [_compact(fields) for fields in sent]
+    expected[17] = '{"every":"v17","_uncast":{"sgv":"HIGH"}}'
+    assert _extra(docs) == expected
+
+
+def test_a_field_no_document_always_sends_is_written_only_where_sent() -> None:
+    extra = _extra([_entry(i, **({"rare": i} if i in (0, 5) else {})) for i in range(12)])
+    assert extra == ['{"rare":0}', *['{}'] * 4, '{"rare":5}', *['{}'] * 6]
+
+
+def test_text_needing_escapes_far_into_a_large_batch_is_still_escaped() -> None:
+    n = 70_000  # past the first slice of values the escape scan looks at
+    frame = pl.DataFrame({"_id": [f"e{i}" for i in range(n)], "type": "sgv", "sgv": 100,
+                          "date": [T + i for i in range(n)], "device": "g6",
+                          "note": ["plain"] * (n - 1) + ['a "quote"']})
+    extra = shape("entries", frame, CTX).rows.get_column("extra")
+    assert extra[0] == '{"note":"plain"}'
+    assert json.loads(extra[-1]) == {"note": 'a "quote"'}
