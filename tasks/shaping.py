@@ -341,6 +341,7 @@ def _needs_escapes(text: pl.Series) -> bool:
     searching each value; in UTF-8 those characters are single bytes no other character
     contains.
     """
+    text = text.drop_nulls()  # most of a rare field's rows
     for start in range(0, text.len(), _SCAN_ROWS):
         data = text.slice(start, _SCAN_ROWS).str.join("").cast(pl.Binary).item()
         if data and (np.frombuffer(data, dtype=np.uint8).min() < 0x20
