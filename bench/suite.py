@@ -36,6 +36,7 @@ goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -586,6 +587,17 @@ def plot_scaling(figures: list[dict[str, Any]], path: Path,
         rate = (secs[-1] - secs[0]) / (xs[-1] - xs[0])
         ax.plot([xs[-1], 100], [secs[-1], secs[-1] + rate * (100 - xs[-1])], ":",
                 color="tab:blue", label="wall time, extrapolated")
+    if longest is not None:  # the largest run, site by site: its own cost curve
+        records = longest[1]
+        site = [r["site"] for r in records]
+        cpu = list(itertools.accumulate(r["cpu_s"] for r in records))
+        ax.plot(site, list(itertools.accumulate(r["seconds"] for r in records)), "-",
+                color="tab:blue", alpha=0.45, label=f"wall time so far ({longest[0]} run)")
+        ax.plot(site, cpu, "-", color="tab:green", alpha=0.7,
+                label=f"CPU time so far ({longest[0]} run)")
+        first = min(10, len(cpu))
+        ax.plot([1, site[-1]], [cpu[first - 1] / first, cpu[first - 1] / first * site[-1]],
+                ":", color="tab:gray", label=f"linear at the first {first} sites' CPU rate")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("site-years ingested (one process)"), ax.set_ylabel("seconds")
