@@ -193,7 +193,7 @@ def per_site_rows(per_site: list[dict[str, Any]], blocks: int = 10) -> list[dict
         rows.append({"first": group[0]["site"], "last": end["site"], "sites": len(group),
                      "seconds_per_site": secs / len(group),
                      "cpu_s_per_site": sum(r["cpu_s"] for r in group) / len(group),
-                     "rows_per_s": _per_second(sum(r["rows"] for r in group), secs),
+                     "rows_per_s": _per_second(sum(r.get("rows", 0) for r in group), secs),
                      "rss_mib": end.get("rss_mib", float("nan")),
                      "peak_rss_mib": end.get("peak_rss_mib", float("nan")),
                      "snapshots": end.get("snapshots_entries", 0),
