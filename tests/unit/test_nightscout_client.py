@@ -253,7 +253,7 @@ def test_full_pages_of_treatments_inside_the_window_as_instants_are_paged() -> N
 def test_clients_share_one_tls_context_until_the_ca_settings_change(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A client per window must not load the CA bundle again each time (tens of ms each).
-    import tasks.nightscout as nightscout
+    from tasks import nightscout
 
     built: list[object] = []
     real = httpx.create_ssl_context
