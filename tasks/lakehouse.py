@@ -469,9 +469,7 @@ def _append(tx: Transaction, table: Table, data: pa.Table) -> None:
     """Stage ``data`` as new files in one append snapshot."""
     if data.num_rows == 0:
         return
-    # The table's own metadata, not ``tx.table_metadata`` (a deep copy of every snapshot
-    # per access): a delete staged before this changes no schema, spec or property.
-    metadata = table.metadata
+    metadata = tx.table_metadata  # the staged view, cheap to read on a ``_Transaction``
     _check_pyarrow_schema_compatible(metadata.schema(), data.schema,
                                      format_version=metadata.format_version)
     with tx.update_snapshot().fast_append() as append:
