@@ -20,11 +20,26 @@ __all__ = [
     "cpu_seconds",
     "ingest_sites",
     "peak_rss_mib",
+    "rss_mib",
     "shape_and_check",
     "table_hygiene",
 ]
 
 SYNC_PREFIX = "@bench-sync "  # a line the scale child writes to the suite before each site
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current, high-water) resident memory of this process, MiB (0, 0 where unknown)."""
+    now = peak = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                now = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1])
+    except OSError:
+        pass
+    return now / 1024, peak / 1024
 
 
 def peak_rss_mib() -> float:
@@ -33,15 +48,9 @@ def peak_rss_mib() -> float:
     The process's own figure is ``VmHWM``: ``ru_maxrss`` survives ``exec`` and so would
     report the parent's size (the suite, holding the simulator) for a fresh child.
     """
-    own = 0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                own = int(line.split()[1])
-    except OSError:
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024  # KiB on Linux
+    own = rss_mib()[1] or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    return max(own, kids)
 
 
 def cpu_seconds() -> float:
@@ -107,16 +116,6 @@ def _lakehouse_facts(catalog: Any) -> dict[str, Any]:
     return facts
 
 
-def _current_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _ask_parent(index: int, site_id: str, last: dict[str, Any] | None) -> None:
     """Tell the suite the next site is due (with the last site's figures) and wait for its
     go-ahead: it warms that site's days in the simulator and drops the ones behind."""
@@ -128,7 +127,6 @@ def _ask_parent(index: int, site_id: str, last: dict[str, Any] | None) -> None:
     answer = sys.stdin.readline()
     if answer.strip() != "go":
         raise RuntimeError(f"the suite answered {answer!r}, not 'go'")
-
 
 
 def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +168,7 @@ def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
         rows, timed_s, timed_cpu = rows + got, timed_s + dt, timed_cpu + dc
         if per_site is not None:
             per_site.append({"site": i + 1, "site_id": site["site_id"], "seconds": dt,
-                             "cpu_s": dc, "rows": got, "rss_mib": _current_rss_mib(),
+                             "cpu_s": dc, "rows": got, "rss_mib": rss_mib()[0],
                              "peak_rss_mib": peak_rss_mib(), **_lakehouse_facts(catalog)})
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     hygiene = table_hygiene(catalog) if spec.get("hygiene") else []

@@ -17,26 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import date
-from pathlib import Path
 from typing import Any
 
-__all__ = ["SiteDayCache", "SiteWarmer", "build_site", "rss_mib"]
+from bench._cascade import rss_mib
+
+__all__ = ["SiteDayCache", "SiteWarmer", "build_site"]
 
 Key = tuple[int, str]  # (day ordinal, collection)
-
-
-def rss_mib() -> tuple[float, float]:
-    """(current, high-water) resident memory of this process, MiB (0, 0 where unknown)."""
-    now = peak = 0
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                now = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
-    except OSError:
-        pass
-    return now / 1024, peak / 1024
 
 
 class SiteDayCache:

@@ -392,7 +392,7 @@ class _ScaleRun:
         self.per_site: list[dict[str, Any]] = []  # as the child reports them, for a partial run
 
     def __call__(self, msg: dict[str, Any]) -> None:
-        from bench._sitecache import rss_mib
+        from bench._cascade import rss_mib
 
         k = int(msg["next"])
         last = msg.get("last")
@@ -413,7 +413,7 @@ class _ScaleRun:
 
     def finish(self) -> dict[str, Any]:
         """Drop the sites this run warmed; what the simulator's side cost."""
-        from bench._sitecache import rss_mib
+        from bench._cascade import rss_mib
 
         self.sim_rss_max = max(self.sim_rss_max, rss_mib()[0])
         for site in self.sites:
@@ -441,7 +441,8 @@ def _scale_notes(result: dict[str, Any], misses: int) -> None:
 def run_scale(sim: Any, args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
     """Cascade ingesting N site-years (N sites, 365 days each, one lakehouse): wall time,
     CPU and peak memory, and each site's cost as the tables grow."""
-    from bench._sitecache import SiteWarmer, rss_mib
+    from bench._cascade import rss_mib
+    from bench._sitecache import SiteWarmer
 
     year = next((f for f in result["figures"] if f["benchmark"] == "ingest"
                  and f["system"] == "cascade" and f["size"] == "365 d"), None)
@@ -588,13 +589,13 @@ def plot_scaling(figures: list[dict[str, Any]], path: Path,
         ax.plot([xs[-1], 100], [secs[-1], secs[-1] + rate * (100 - xs[-1])], ":",
                 color="tab:blue", label="wall time, extrapolated")
     if longest is not None:  # the largest run, site by site: its own cost curve
-        records = longest[1]
+        label, records = longest
         site = [r["site"] for r in records]
         cpu = list(itertools.accumulate(r["cpu_s"] for r in records))
         ax.plot(site, list(itertools.accumulate(r["seconds"] for r in records)), "-",
-                color="tab:blue", alpha=0.45, label=f"wall time so far ({longest[0]} run)")
+                color="tab:blue", alpha=0.45, label=f"wall time so far ({label} run)")
         ax.plot(site, cpu, "-", color="tab:green", alpha=0.7,
-                label=f"CPU time so far ({longest[0]} run)")
+                label=f"CPU time so far ({label} run)")
         first = min(10, len(cpu))
         ax.plot([1, site[-1]], [cpu[first - 1] / first, cpu[first - 1] / first * site[-1]],
                 ":", color="tab:gray", label=f"linear at the first {first} sites' CPU rate")
@@ -610,8 +611,6 @@ def plot_scaling(figures: list[dict[str, Any]], path: Path,
     ax.set_title("Cascade ingestion cost growth (embedded profile, 2 windows in flight)",
                  fontsize=9)
     if longest is not None:
-        label, records = longest
-        site = [r["site"] for r in records]
         right.plot(site, [r["seconds"] for r in records], ".", color="tab:blue", alpha=0.5,
                    label="wall s")
         right.plot(site, [r["cpu_s"] for r in records], ".", color="tab:green", alpha=0.7,
