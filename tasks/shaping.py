@@ -210,8 +210,8 @@ def _extra(docs: pl.DataFrame, modelled: frozenset[str], numeric: tuple[str, ...
     # neighbours, which decides the frame's column order) it was fetched in.
     fields = [_Field.of(docs, c) for c in sorted(docs.columns)
               if c not in modelled and c != _ROW and _sent(docs, c)]
-    numbers = [_Number(n, plain=docs.schema[n] == pl.String() and not _needs_escapes(
-        docs.get_column(n))) for n in numeric if _may_fail_cast(docs, n)]
+    numbers = [_Number(n, plain=_plain_text(docs.get_column(n)))
+               for n in numeric if _may_fail_cast(docs, n)]
     rare = [f.name for f in fields if not f.never_null]
     if not (rare or numbers) or sum(docs.get_column(c).count() for c in rare) * 2 > docs.height:
         return _json_object(docs, fields, numbers)
@@ -274,7 +274,7 @@ class _Field:
     def of(cls, docs: pl.DataFrame, name: str) -> _Field:
         column = docs.get_column(name)
         plain = (column.dtype.is_integer() or column.dtype == pl.Boolean()
-                 or (column.dtype == pl.String() and not _needs_escapes(column)))
+                 or _plain_text(column))
         return cls(name, column.dtype, column.null_count() == 0, plain)
 
     def member(self) -> _Member:
@@ -331,6 +331,11 @@ def _json_object(docs: pl.DataFrame, fields: list[_Field], numbers: list[_Number
             pieces.append(member.text(before=","))
     pieces.append("}")
     return _concat(pieces, ignore_nulls=True)
+
+
+def _plain_text(column: pl.Series) -> bool:
+    """Text with nothing for the JSON encoder to escape: written into ``extra`` as it is."""
+    return column.dtype == pl.String() and not _needs_escapes(column)
 
 
 def _needs_escapes(text: pl.Series) -> bool:
