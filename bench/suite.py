@@ -149,15 +149,23 @@ def _child_main(kind: str, spec_json: str) -> None:
     print("\n" + json.dumps(func(json.loads(spec_json))), flush=True)
 
 
+def _child_argv(kind: str, spec: dict[str, Any]) -> list[str]:
+    """The command line of one child run of ``kind`` with ``spec``."""
+    return [sys.executable, "-m", "bench.suite", "--child", kind, json.dumps(spec)]
+
+
+def _child_env(env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """A child run's environment: this one, quietened, with ``env`` over it, less ``unset``."""
+    return {k: v for k, v in {**os.environ, **_QUIET_ENV, **(env or {})}.items()
+            if k not in unset}
+
+
 def _run_child(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None,
                unset: tuple[str, ...] = ()) -> dict[str, Any]:
     """One timed run in a fresh interpreter; its last stdout line is its JSON result."""
-    full = {k: v for k, v in {**os.environ, **_QUIET_ENV, **(env or {})}.items()
-            if k not in unset}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.suite", "--child", kind, json.dumps(spec)],
-        cwd=REPO, env=full, capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S,
-        check=False)
+    done = subprocess.run(_child_argv(kind, spec), cwd=REPO, env=_child_env(env, unset),
+                          capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S,
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -339,12 +347,10 @@ def _run_synced_child(kind: str, spec: dict[str, Any], on_next: Callable[[dict[s
     line on stdout and waits for ``go`` on stdin; ``on_next`` handles the line first."""
     from bench._cascade import SYNC_PREFIX
 
-    full = {**os.environ, **_QUIET_ENV}
     with tempfile.TemporaryFile("w+", dir=work) as err:
         child = subprocess.Popen(
-            [sys.executable, "-m", "bench.suite", "--child", kind, json.dumps(spec)],
-            cwd=REPO, env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-            text=True, bufsize=1)
+            _child_argv(kind, spec), cwd=REPO, env=_child_env(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         timed_out = threading.Event()
 
         def kill() -> None:
