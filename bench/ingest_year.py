@@ -19,14 +19,14 @@ from pydantic import SecretStr
 
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.contracts import check
-from tasks.ingest import WINDOW_TABLES, raw_layout, utc_midnight
+from tasks.ingest import WINDOW_TABLES, utc_midnight
 from tasks.lakehouse import replace_rows, site_window
 from tasks.nightscout import NightscoutClient
 from tasks.runtime import day_windows
-from tasks.schemas import RAW_TABLES
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, shape
 from tasks.simulator import SimulatorServer, SiteConfig
+from tasks.tables import RAW_TABLES, raw_layout
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pandera.api.polars.types import PolarsData
 from pandera.engines.polars_engine import DateTime as _DateTime
 
 from tasks.errors import ContractError
-from tasks.schemas import raw_table
-from tasks.shaping import REJECTS_SCHEMA, ShapeContext, empty_like, set_aside
+from tasks.shaping import ShapeContext, empty_like, set_aside
+from tasks.tables import REJECTS_SCHEMA, raw_table
 
 __all__ = [
     "CONTRACTS",

@@ -27,8 +27,9 @@ from pyiceberg.expressions import AlwaysTrue
 
 from tasks.errors import CascadeError
 from tasks.faults import fault_point
-from tasks.lakehouse import TableLayout, replace_rows
+from tasks.lakehouse import replace_rows
 from tasks.settings import StackSettings
+from tasks.tables import TableLayout
 
 __all__ = [
     "DBT_PROJECT_DIR",

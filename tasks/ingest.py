@@ -22,10 +22,10 @@ from pyiceberg.expressions.literals import literal
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.errors import CascadeError, ContractError, ServiceUnavailable, unreachable
 from tasks.faults import fault_point
-from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, TableLayout, replace_rows, site_window
+from tasks.lakehouse import replace_rows, site_window
 from tasks.nightscout import COLLECTIONS, NightscoutClient
-from tasks.schemas import RAW_TABLES, RawTable
 from tasks.shaping import ShapeContext, profile_timezone, shape
+from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA, RAW_TABLES, RawTable, raw_layout
 
 __all__ = [
     "WINDOW_TABLES",
@@ -33,7 +33,6 @@ __all__ = [
     "WindowReport",
     "ingest_profiles",
     "ingest_window",
-    "raw_layout",
     "resolve_timezone",
 ]
 
@@ -74,14 +73,6 @@ class WindowReport:
             for name, c in self.tables.items()
         ]
         return f"{self.start.date()}..{self.end.date()} site={self.site_id} " + "; ".join(parts)
-
-
-def raw_layout(table: RawTable) -> TableLayout:
-    """The lakehouse layout of a raw table (profile is replaced per site, not per window)."""
-    if table.name == "profile":
-        return TableLayout(table.identifier, table.polars_schema, table.time_column, "")
-    return TableLayout(table.identifier, table.polars_schema, table.time_column,
-                       table.time_column)
 
 
 @dataclass(frozen=True)

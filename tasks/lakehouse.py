@@ -74,14 +74,11 @@ from tasks.settings import (
     load_lakehouse_settings,
     load_stack_settings,
 )
-from tasks.shaping import DUPLICATES_SCHEMA, REJECTS_SCHEMA
+from tasks.tables import TableLayout
 
 __all__ = [
-    "AUDIT_TABLES",
-    "INGEST_LOG_SCHEMA",
     "Lakehouse",
     "StackLakehouse",
-    "TableLayout",
     "embedded_lakehouse",
     "read_table",
     "replace_rows",
@@ -100,38 +97,6 @@ _TABLE_PROPERTIES: Final = {
     "write.parquet.compression-codec": "zstd",
 }
 _FIRST_PARTITION_FIELD_ID: Final = 1000  # Iceberg numbers partition fields from 1000
-
-INGEST_LOG_SCHEMA: Final = pl.Schema(
-    {
-        "table_name": pl.String(),
-        "site_id": pl.String(),
-        "window_date": pl.Date(),
-        "n_fetched": pl.Int64(),
-        "n_duplicates": pl.Int64(),
-        "n_rejected": pl.Int64(),
-        "n_committed": pl.Int64(),
-        "ingest_run_id": pl.String(),
-        "ingested_at": pl.Datetime("us", "UTC"),
-    }
-)
-
-
-@dataclass(frozen=True)
-class TableLayout:
-    """Where a table lives and how it is partitioned and replaced."""
-
-    identifier: str
-    schema: pl.Schema
-    partition_time: str | None  # month(partition_time), after identity(site_id)
-    window_column: str  # column the replace filter bounds: a timestamp or a date
-
-
-AUDIT_TABLES: Final[dict[str, TableLayout]] = {
-    "rejects": TableLayout("audit.rejects", REJECTS_SCHEMA, None, "window_date"),
-    "duplicates": TableLayout("audit.duplicates", DUPLICATES_SCHEMA, None, "window_date"),
-    "ingest_log": TableLayout("audit.ingest_log", INGEST_LOG_SCHEMA, None, "window_date"),
-}
-
 
 class Lakehouse(Protocol):
     """What the flows need from a lakehouse profile: branches and catalogs at refs."""

@@ -24,16 +24,15 @@ from pyiceberg.expressions.literals import literal
 
 from tasks.lakehouse import read_table
 from tasks.runtime import day_windows
+from tasks.tables import INGEST_LOG_TABLE
 
 __all__ = [
-    "LOG_TABLE",
     "Partition",
     "finished",
     "ingest_totals",
     "plan_partitions",
 ]
 
-LOG_TABLE = "audit.ingest_log"
 _COUNTS = ("n_fetched", "n_duplicates", "n_rejected", "n_committed")
 
 
@@ -66,7 +65,7 @@ def plan_partitions(ranges: dict[str, tuple[date, date]], chunk_days: int) -> li
 def _log(catalog: Catalog, partitions: list[Partition]) -> pl.DataFrame:
     """The ingest-log rows of the partitions' sites between their first and last day."""
     sites = {p.site_id for p in partitions}
-    if not sites or not catalog.table_exists(LOG_TABLE):
+    if not sites or not catalog.table_exists(INGEST_LOG_TABLE):
         return pl.DataFrame(schema={"site_id": pl.String(), "window_date": pl.Date(),
                                     "ingest_run_id": pl.String(), "table_name": pl.String(),
                                     **dict.fromkeys(_COUNTS, pl.Int64())})
@@ -75,7 +74,7 @@ def _log(catalog: Catalog, partitions: list[Partition]) -> pl.DataFrame:
                 And(GreaterThanOrEqual(term=Reference("window_date"),
                                        value=literal(start.isoformat())),
                     LessThan(term=Reference("window_date"), value=literal(end.isoformat()))))
-    return read_table(catalog, LOG_TABLE, where)
+    return read_table(catalog, INGEST_LOG_TABLE, where)
 
 
 def finished(branch: Catalog, main: Catalog, partitions: list[Partition]) -> set[Partition]:

@@ -19,11 +19,9 @@ import numpy as np
 import polars as pl
 from polars.datatypes import DataTypeClass
 
-from tasks.schemas import RawTable, raw_table
+from tasks.tables import DUPLICATES_SCHEMA, REJECTS_SCHEMA, RawTable, raw_table
 
 __all__ = [
-    "DUPLICATES_SCHEMA",
-    "REJECTS_SCHEMA",
     "ShapeContext",
     "Shaped",
     "empty_like",
@@ -35,25 +33,6 @@ __all__ = [
 _UTC = pl.Datetime("us", "UTC")
 _ROW: Final = "__row"
 
-def _set_aside_schema(*, with_duplicate_of: bool) -> pl.Schema:
-    """Columns of a set-aside row (reject or duplicate): what, where, why, and the payload."""
-    kept = {"duplicate_of": pl.String()} if with_duplicate_of else {}
-    return pl.Schema({
-        "table_name": pl.String(),
-        "site_id": pl.String(),
-        "record_id": pl.String(),
-        **kept,
-        "event_at": _UTC,
-        "reason": pl.String(),
-        "payload": pl.String(),
-        "window_date": pl.Date(),
-        "ingest_run_id": pl.String(),
-        "ingested_at": _UTC,
-    })
-
-
-REJECTS_SCHEMA: Final = _set_aside_schema(with_duplicate_of=False)
-DUPLICATES_SCHEMA: Final = _set_aside_schema(with_duplicate_of=True)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
 from tasks.lakehouse import read_table
-from tasks.schemas import RAW_TABLES
+from tasks.tables import INGEST_LOG_TABLE, RAW_TABLES
 
 __all__ = [
     "MART_CONTRACTS",
@@ -167,7 +167,7 @@ def check_marts(catalog: Catalog) -> list[Check]:
 def reconcile_raw(catalog: Catalog) -> list[Check]:
     """Raw rows per site, table and UTC day equal what ingestion reported committing."""
     try:
-        log = read_table(catalog, "audit.ingest_log")
+        log = read_table(catalog, INGEST_LOG_TABLE)
     except NoSuchTableError:
         return [Check("reconciliation", False, "no ingest log",
                       "audit.ingest_log missing: was anything ingested on this branch?")]

@@ -31,9 +31,9 @@ from tasks.errors import ContractError, NightscoutBadResponse
 from tasks.ingest import WINDOW_TABLES, ingest_window
 from tasks.lakehouse import read_table
 from tasks.nightscout import NightscoutClient, RetryPolicy
-from tasks.schemas import RAW_TABLES
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, shape
+from tasks.tables import RAW_TABLES
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=1)

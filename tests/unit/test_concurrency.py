@@ -29,12 +29,12 @@ from pyiceberg.expressions.literals import literal
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.errors import BranchConflict, BranchNotFound
 from tasks.ingest import WINDOW_TABLES, WindowReport, ingest_window
-from tasks.lakehouse import TableLayout, read_table, replace_rows, site_window
+from tasks.lakehouse import read_table, replace_rows, site_window
 from tasks.nightscout import NightscoutClient
-from tasks.schemas import RAW_TABLES
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext
 from tasks.simulator import SimulatorServer, SiteConfig
+from tasks.tables import RAW_TABLES, TableLayout
 
 NOW = datetime(2024, 4, 10, 12, 0, tzinfo=UTC)
 SITE = SiteConfig("a", seed=7)

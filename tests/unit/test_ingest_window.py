@@ -12,10 +12,11 @@ import pytest
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.errors import ContractError
 from tasks.ingest import ingest_window
-from tasks.lakehouse import TableLayout, ensure_table, read_table, replace_rows, site_window
+from tasks.lakehouse import ensure_table, read_table, replace_rows, site_window
 from tasks.nightscout import NightscoutClient, RetryPolicy
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext
+from tasks.tables import TableLayout
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
 END = datetime(2024, 3, 2, tzinfo=UTC)

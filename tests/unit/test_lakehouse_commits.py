@@ -15,7 +15,8 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from tasks.branches import EmbeddedBranchCatalog
-from tasks.lakehouse import TableLayout, read_table, replace_rows, site_window
+from tasks.lakehouse import read_table, replace_rows, site_window
+from tasks.tables import TableLayout
 
 LAYOUT = TableLayout("raw.readings", pl.Schema({"site_id": pl.String(),
                                                 "read_at": pl.Datetime("us", "UTC"),

@@ -14,7 +14,8 @@ import pytest
 from pyiceberg.table import Table
 
 from tasks.branches import EmbeddedBranchCatalog
-from tasks.lakehouse import TableLayout, ensure_table, read_table, replace_rows, site_window
+from tasks.lakehouse import ensure_table, read_table, replace_rows, site_window
+from tasks.tables import TableLayout
 
 _SCHEMA = pl.Schema({"site_id": pl.String(), "read_at": pl.Datetime("us", "UTC"),
                      "value": pl.Int64()})

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.errors import CascadeError
-from tasks.lakehouse import TableLayout, read_table, replace_rows, site_window
+from tasks.lakehouse import read_table, replace_rows, site_window
 from tasks.maintenance import (
     BackupError,
     MaintenanceError,
@@ -25,6 +25,7 @@ from tasks.maintenance import (
     restore_lakehouse,
 )
 from tasks.query import open_ref
+from tasks.tables import TableLayout
 
 TABLE = "raw.readings"
 LAYOUT = TableLayout(TABLE, pl.Schema({"site_id": pl.String(), "reading_id": pl.Int64(),

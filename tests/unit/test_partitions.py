@@ -10,8 +10,9 @@ import pytest
 from pyiceberg.expressions import And, In
 
 from tasks.branches import EmbeddedBranchCatalog
-from tasks.lakehouse import AUDIT_TABLES, INGEST_LOG_SCHEMA, ensure_table, replace_rows
+from tasks.lakehouse import ensure_table, replace_rows
 from tasks.partitions import Partition, finished, ingest_totals, plan_partitions
+from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA
 
 LOG = AUDIT_TABLES["ingest_log"]
 

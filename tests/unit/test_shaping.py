@@ -10,8 +10,8 @@ import pytest
 
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.errors import ContractError
-from tasks.schemas import raw_table
 from tasks.shaping import ShapeContext, profile_timezone, shape
+from tasks.tables import raw_table
 from tests.conftest import load_sample
 
 CTX = ShapeContext("a", "America/Los_Angeles", datetime(2014, 1, 1, tzinfo=UTC),

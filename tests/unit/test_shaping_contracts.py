@@ -12,8 +12,8 @@ from pandera.errors import SchemaErrors
 
 from tasks.contracts import CONTRACTS, check
 from tasks.errors import ContractError
-from tasks.schemas import raw_table
 from tasks.shaping import ShapeContext
+from tasks.tables import raw_table
 
 CTX = ShapeContext("a", "UTC", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC),
                    "run1", datetime(2024, 1, 2, tzinfo=UTC))

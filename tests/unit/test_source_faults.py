@@ -17,10 +17,10 @@ from tasks.errors import NightscoutBadResponse, NightscoutUnavailable
 from tasks.ingest import WINDOW_TABLES, ingest_window
 from tasks.lakehouse import read_table
 from tasks.nightscout import NightscoutClient, RetryPolicy
-from tasks.schemas import RAW_TABLES
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext
 from tasks.simulator import SimulatorServer, SiteConfig, expected_records
+from tasks.tables import RAW_TABLES
 
 NOW = datetime(2024, 4, 10, 12, 0, tzinfo=UTC)
 SITE = SiteConfig("a", seed=3)

@@ -1,4 +1,6 @@
-"""Raw table layouts: one declaration per table, read by shaping, contracts and the lakehouse.
+"""Every table Cascade writes, declared once: raw collections, audit trail, and layouts.
+
+Read by shaping, contracts, ingestion, validation and the lakehouse.
 
 Every raw table carries the same lineage columns (``site_id``, ``ingest_run_id``,
 ``ingested_at``), a UTC event time used for partitioning (``<event>_at``), the site-local
@@ -9,10 +11,23 @@ that the table does not model, so nothing an uploader adds is lost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import polars as pl
 
-__all__ = ["RAW_NAMESPACE", "RAW_TABLES", "RawTable", "raw_table"]
+__all__ = [
+    "AUDIT_TABLES",
+    "DUPLICATES_SCHEMA",
+    "INGEST_LOG_SCHEMA",
+    "INGEST_LOG_TABLE",
+    "RAW_NAMESPACE",
+    "RAW_TABLES",
+    "REJECTS_SCHEMA",
+    "RawTable",
+    "TableLayout",
+    "raw_layout",
+    "raw_table",
+]
 
 RAW_NAMESPACE = "raw"
 
@@ -24,6 +39,16 @@ _LINEAGE: dict[str, pl.DataType] = {
     "ingest_run_id": pl.String(),
     "ingested_at": _UTC,
 }
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Where a table lives and how it is partitioned and replaced."""
+
+    identifier: str
+    schema: pl.Schema
+    partition_time: str | None  # month(partition_time), after identity(site_id)
+    window_column: str  # column the replace filter bounds: a timestamp or a date
 
 
 @dataclass(frozen=True)
@@ -154,3 +179,58 @@ def raw_table(name: str) -> RawTable:
         return RAW_TABLES[name]
     except KeyError:
         raise KeyError(f"unknown raw table {name!r}; expected one of {sorted(RAW_TABLES)}") from None
+
+
+def raw_layout(table: RawTable) -> TableLayout:
+    """The lakehouse layout of a raw table (profile is replaced per site, not per window)."""
+    if table.name == "profile":
+        return TableLayout(table.identifier, table.polars_schema, table.time_column, "")
+    return TableLayout(table.identifier, table.polars_schema, table.time_column,
+                       table.time_column)
+
+
+# ------------------------------------------------------------------ audit trail
+
+
+def _set_aside_schema(*, with_duplicate_of: bool) -> pl.Schema:
+    """Columns of a set-aside row (reject or duplicate): what, where, why, and the payload."""
+    kept = {"duplicate_of": pl.String()} if with_duplicate_of else {}
+    return pl.Schema({
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "record_id": pl.String(),
+        **kept,
+        "event_at": _UTC,
+        "reason": pl.String(),
+        "payload": pl.String(),
+        "window_date": pl.Date(),
+        "ingest_run_id": pl.String(),
+        "ingested_at": _UTC,
+    })
+
+
+REJECTS_SCHEMA: Final = _set_aside_schema(with_duplicate_of=False)
+DUPLICATES_SCHEMA: Final = _set_aside_schema(with_duplicate_of=True)
+
+INGEST_LOG_SCHEMA: Final = pl.Schema(
+    {
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "window_date": pl.Date(),
+        "n_fetched": pl.Int64(),
+        "n_duplicates": pl.Int64(),
+        "n_rejected": pl.Int64(),
+        "n_committed": pl.Int64(),
+        "ingest_run_id": pl.String(),
+        "ingested_at": pl.Datetime("us", "UTC"),
+    }
+)
+
+
+AUDIT_TABLES: Final[dict[str, TableLayout]] = {
+    "rejects": TableLayout("audit.rejects", REJECTS_SCHEMA, None, "window_date"),
+    "duplicates": TableLayout("audit.duplicates", DUPLICATES_SCHEMA, None, "window_date"),
+    "ingest_log": TableLayout("audit.ingest_log", INGEST_LOG_SCHEMA, None, "window_date"),
+}
+
+INGEST_LOG_TABLE: Final = AUDIT_TABLES["ingest_log"].identifier
