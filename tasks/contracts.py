@@ -15,9 +15,9 @@ from zoneinfo import available_timezones
 
 import pandera.polars as pa
 import polars as pl
-from pandera.api.polars.types import PolarsData
 from pandera.engines.polars_engine import DateTime as _DateTime
 
+from tasks._pandera import run_dataframe_check
 from tasks.errors import ContractError
 from tasks.shaping import ShapeContext, empty_like, set_aside
 from tasks.tables import REJECTS_SCHEMA, raw_table
@@ -187,7 +187,7 @@ def _broken_rules(schema: pa.DataFrameSchema, rows: pl.DataFrame) -> pl.DataFram
     frame = rows.lazy()
     plans = [frame.select(_column_rules(schema, rows))]
     for rule in schema.checks:  # dataframe checks: the model's own functions, given the frame
-        out = rule._check_fn(PolarsData(frame, "*"), **rule._check_kwargs)
+        out = run_dataframe_check(rule, frame)
         label = f"{schema.name}: {rule.error or rule.name}"
         plans.append(out.select(_broken(pl.all_horizontal(pl.all()), rule.ignore_na).alias(label)))
     results = [column for plan in pl.collect_all(plans) for column in plan.get_columns()]

@@ -25,6 +25,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchNamespaceError
 from pyiceberg.expressions import AlwaysTrue
 
+from tasks._dbt_duckdb import release_duckdb
 from tasks.errors import CascadeError
 from tasks.faults import fault_point
 from tasks.lakehouse import replace_rows
@@ -186,7 +187,7 @@ def _invoke_dbt(args: list[str], env: dict[str, str], in_prefect: bool) -> list[
         from dbt.cli.main import dbtRunner
 
         result = dbtRunner(callbacks=_fault_callbacks()).invoke([*args, *project])
-    _release_duckdb()
+    release_duckdb()
     return _node_results(result)
 
 
@@ -201,18 +202,6 @@ def _fault_callbacks() -> list[Any]:
             fault_point("build-mid-dbt")
 
     return [after_model]
-
-
-def _release_duckdb() -> None:
-    """Close dbt-duckdb's process-wide database handle so the build file can be reopened."""
-    try:
-        from dbt.adapters.duckdb.connections import DuckDBConnectionManager as manager
-    except ImportError:
-        return
-    with manager._LOCK:
-        if manager._ENV is not None:
-            manager._ENV.close()
-            manager._ENV = None
 
 
 def _node_results(result: Any) -> list[dict[str, Any]]:

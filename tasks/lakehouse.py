@@ -14,9 +14,8 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -24,7 +23,6 @@ from typing import Any, Final, Protocol
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -42,30 +40,17 @@ from pyiceberg.expressions import (
     Reference,
 )
 from pyiceberg.expressions.literals import literal
-from pyiceberg.io import FileIO
-from pyiceberg.io.pyarrow import (
-    ParquetFormatModel,
-    _check_pyarrow_schema_compatible,
-    _determine_partitions,
-    _get_parquet_writer_kwargs,
-    _to_requested_schema,
-    compute_statistics_plan,
-    data_file_statistics_from_parquet_metadata,
-    parquet_path_to_id_mapping,
-    pyarrow_to_schema,
-)
-from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.partitioning import PartitionField, PartitionKey, PartitionSpec
-from pyiceberg.schema import Schema, assign_fresh_schema_ids, sanitize_column_names
-from pyiceberg.table import FileScanTask, Table, TableProperties, Transaction
-from pyiceberg.table.locations import load_location_provider
-from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.update import TableUpdate, _apply_table_update, _TableMetadataUpdateContext
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import FileScanTask, Table, Transaction
 from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform, Transform
-from pyiceberg.typedef import Record
-from pyiceberg.utils.datetime import datetime_to_millis
-from pyiceberg.utils.properties import property_as_int
 
+from tasks._pyiceberg import (
+    StagedTransaction,
+    check_schema_compatible,
+    iceberg_schema,
+    write_data_files,
+)
 from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
 from tasks.nessie import NessieBranchCatalog
 from tasks.settings import (
@@ -190,18 +175,13 @@ def _create(catalog: Catalog, layout: TableLayout) -> Table:
     except Exception:  # another writer's namespace won the insert between check and write
         if not catalog.namespace_exists(namespace):
             raise
-    schema = _iceberg_schema(layout.schema)
+    schema = iceberg_schema(_arrow_schema(layout.schema))
     try:
         return catalog.create_table(layout.identifier, schema=schema,
                                     partition_spec=_partition_spec(schema, layout),
                                     properties=_TABLE_PROPERTIES)
     except TableAlreadyExistsError:  # a concurrent writer created it first
         return catalog.load_table(layout.identifier)
-
-
-def _iceberg_schema(schema: pl.Schema) -> Schema:
-    """The Iceberg schema of a Polars schema, with the field ids a new table gets."""
-    return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(_arrow_schema(schema)))
 
 
 def _partition_fields(layout: TableLayout) -> list[tuple[str, Transform[Any, Any], str]]:
@@ -376,51 +356,12 @@ def _replace(table: Table, data: pa.Table, where: BooleanExpression) -> int | No
     matching = _plan(table, where)
     if not matching and data.num_rows == 0:
         return None
-    with _Transaction(table) as tx:
+    with StagedTransaction(table) as tx:
         if matching:  # so PyIceberg's delete never warns that it matched no records
             tx.delete(where)
         _append(tx, table, data)
     snapshot = table.current_snapshot()
     return snapshot.snapshot_id if snapshot else None
-
-
-class _Transaction(Transaction):
-    """PyIceberg's transaction, without copying the whole table history on every look.
-
-    ``Transaction.table_metadata`` replays the staged updates and then deep-copies the
-    table metadata, every snapshot included, on each read; a delete plus an append reads it
-    more than a dozen times, so at a few hundred snapshots that copying was most of a
-    commit, and commits got slower as a table's history grew (PyIceberg's own proposal
-    caches the read). Here the staged view is worked out once per change of the table or
-    of the staged updates (both are replaced, never changed in place) and without the deep
-    copy: the updates build new metadata objects and leave the old ones alone, and nothing
-    here writes to the view. The catalog still applies and checks the updates itself when
-    the transaction commits.
-    """
-
-    _staged: tuple[TableMetadata, tuple[object, ...], TableMetadata] | None = None
-
-    @property
-    def table_metadata(self) -> TableMetadata:
-        base, updates, staged = self._staged or (None, None, None)
-        if staged is None or base is not self._table.metadata or updates is not self._updates:
-            staged = _staged_metadata(self._table.metadata, self._updates)
-            self._staged = (self._table.metadata, self._updates, staged)
-        return staged
-
-
-def _staged_metadata(base: TableMetadata, updates: tuple[TableUpdate, ...]) -> TableMetadata:
-    """``update_table_metadata`` as PyIceberg 0.12 has it, less its final deep copy."""
-    context = _TableMetadataUpdateContext()
-    staged = base
-    for update in updates:
-        staged = _apply_table_update(update, staged, context)
-    if context.has_changes() and base.last_updated_ms == staged.last_updated_ms:
-        staged = staged.model_copy(
-            update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
-    staged.spec().check_compatible(staged.schema())
-    staged.sort_order().check_compatible(staged.schema())
-    return staged
 
 
 def _plan(table: Table, where: BooleanExpression) -> list[FileScanTask]:
@@ -434,67 +375,11 @@ def _append(tx: Transaction, table: Table, data: pa.Table) -> None:
     """Stage ``data`` as new files in one append snapshot."""
     if data.num_rows == 0:
         return
-    metadata = tx.table_metadata  # the staged view, cheap to read on a ``_Transaction``
-    _check_pyarrow_schema_compatible(metadata.schema(), data.schema,
-                                     format_version=metadata.format_version)
+    metadata = tx.table_metadata  # the staged view, cheap to read on a StagedTransaction
+    check_schema_compatible(metadata, data.schema)
     with tx.update_snapshot().fast_append() as append:
-        for data_file in _write_data_files(metadata, table.io, data, append.commit_uuid):
+        for data_file in write_data_files(metadata, table.io, data, append.commit_uuid):
             append.append_data_file(data_file)
-
-
-# PyIceberg's writer (``_dataframe_to_data_files``) redoes its schema work (sanitising
-# names, the statistics plan, the field-id projection) for every file, which cost more
-# than writing the Parquet itself: a 30-day window on a day-partitioned table (as tables
-# made before month partitioning are) is 30 files per table. Here that work is done once
-# per commit; files, statistics and partition values
-# are the same as PyIceberg writes (one file per partition: windows are far below the
-# target file size).
-
-
-def _write_data_files(metadata: TableMetadata, io: FileIO, data: pa.Table,
-                      write_uuid: uuid.UUID) -> list[DataFile]:
-    """Write ``data`` as one Parquet file per partition and describe each as a DataFile."""
-    schema = metadata.schema()
-    file_schema = sanitize_column_names(schema)
-    parquet = ParquetFormatModel()
-    stats_plan = compute_statistics_plan(file_schema, metadata.properties)
-    column_ids = parquet_path_to_id_mapping(file_schema)
-    writer_kwargs = _get_parquet_writer_kwargs(metadata.properties)
-    row_group_rows = property_as_int(metadata.properties, TableProperties.PARQUET_ROW_GROUP_LIMIT,
-                                     TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
-    locations = load_location_provider(metadata.location, metadata.properties)
-    data_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping,
-                                    format_version=metadata.format_version)
-    converted = pa.Table.from_batches([  # to the file schema (field ids) once, not per file
-        _to_requested_schema(file_schema, data_schema, batch, include_field_ids=True,
-                             format_model=parquet) for batch in data.to_batches()])
-    files = []
-    for n, (key, arrow) in enumerate(_partitions(metadata.spec(), file_schema, converted)):
-        name = f"00000-{n}-{write_uuid}.parquet"
-        path = locations.new_data_location(data_file_name=name, partition_key=key)
-        output = io.new_output(path)
-        with output.create(overwrite=True) as stream:
-            with pq.ParquetWriter(stream, schema=arrow.schema, store_decimal_as_integer=True,
-                                  **writer_kwargs) as writer:
-                writer.write_table(arrow, row_group_size=row_group_rows)
-            stats = data_file_statistics_from_parquet_metadata(
-                parquet_metadata=writer.writer.metadata, stats_columns=stats_plan,
-                parquet_column_mapping=column_ids)
-        files.append(DataFile.from_args(
-            content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-            partition=key.partition if key else Record(), file_size_in_bytes=len(output),
-            sort_order_id=None, spec_id=metadata.default_spec_id, equality_ids=None,
-            key_metadata=None, **stats.to_serialized_dict()))
-    return files
-
-
-def _partitions(spec: PartitionSpec, schema: Schema, data: pa.Table,
-                ) -> Iterator[tuple[PartitionKey | None, pa.Table]]:
-    if spec.is_unpartitioned():
-        yield None, data
-        return
-    for part in _determine_partitions(spec, schema, data):
-        yield part.partition_key, part.arrow_table_partition
 
 
 def read_table(catalog: Catalog, identifier: str,

@@ -134,7 +134,8 @@ def test_data_files_are_the_ones_pyiceberg_would_write(catalog: Catalog) -> None
     # the files and their statistics must stay what PyIceberg's own writer produces
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
-    from tasks.lakehouse import _write_data_files, ensure_table
+    from tasks._pyiceberg import write_data_files
+    from tasks.lakehouse import ensure_table
 
     table = ensure_table(catalog, LAYOUT)
     rows = pl.concat([_rows(s, d, [1, None, 3]) for s in "ab" for d in (DAY, DAY + ONE_DAY)])
@@ -147,7 +148,7 @@ def test_data_files_are_the_ones_pyiceberg_would_write(catalog: Catalog) -> None
                       for f in files)
 
     theirs = list(_dataframe_to_data_files(table.metadata, data, table.io))
-    ours = _write_data_files(table.metadata, table.io, data, uuid.uuid4())
+    ours = write_data_files(table.metadata, table.io, data, uuid.uuid4())
 
     assert len(ours) == 2  # two sites, both days in one month partition
     assert described(ours) == described(theirs)
