@@ -83,9 +83,10 @@ def _print_marts(home: object) -> None:
     import polars as pl
 
     from tasks.charts import period_summary
-    from tasks.publish import marts_connector, read_mart
+    from tasks.profile import current_profile
+    from tasks.publish import read_mart
 
-    connector = marts_connector()
+    connector = current_profile().marts_connector()
     daily = read_mart(connector, "mrt_daily_glycaemia")
     for site in daily.get_column("site_id").unique().sort():
         s = period_summary(daily, site)
@@ -98,27 +99,28 @@ def _print_marts(home: object) -> None:
 
 
 def _refs(args: argparse.Namespace) -> int:
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    for ref in current_lakehouse().branches.list_refs():
+    for ref in current_profile().lakehouse.branches.list_refs():
         print(f"{ref.kind:<7} {ref.name:<50} {ref.hash}  {ref.created_at}")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from tasks.lakehouse import read_table
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    frame = read_table(current_lakehouse().branches.catalog(args.ref), args.table)
+    frame = read_table(current_profile().lakehouse.branches.catalog(args.ref), args.table)
     print(f"{args.table} on {args.ref}: {frame.height:,} rows")
     print(frame.head(args.limit))
     return 0
 
 
 def _sql(args: argparse.Namespace) -> int:
+    from tasks.profile import current_profile
     from tasks.query import open_ref
 
-    print(open_ref(args.ref).sql(args.query))
+    print(open_ref(current_profile().lakehouse.branches.catalog(args.ref)).sql(args.query))
     return 0
 
 
@@ -149,18 +151,18 @@ def _flow_command(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    info = current_lakehouse().branches.reset(args.branch, args.to_ref)
+    info = current_profile().lakehouse.branches.reset(args.branch, args.to_ref)
     print(f"{info.name} now points where {args.to_ref} does ({info.hash}); "
           "run `python -m flows publish` to refresh the marts database")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    current_lakehouse().branches.delete_branch(args.name)
+    current_profile().lakehouse.branches.delete_branch(args.name)
     print(f"deleted {args.name}")
     return 0
 
@@ -175,9 +177,9 @@ def _maintain(args: argparse.Namespace) -> int:
 
 def _backup(args: argparse.Namespace) -> int:
     from tasks.maintenance import backup_lakehouse
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    report = backup_lakehouse(current_lakehouse(), args.destination)
+    report = backup_lakehouse(current_profile().lakehouse, args.destination)
     print(f"backed up {report.refs} refs and {report.files:,} files ({report.bytes:,} bytes) "
           f"to {report.path}")
     return 0
@@ -185,9 +187,9 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from tasks.maintenance import restore_lakehouse
-    from tasks.runtime import current_lakehouse
+    from tasks.profile import current_profile
 
-    report = restore_lakehouse(current_lakehouse(), args.source)
+    report = restore_lakehouse(current_profile().lakehouse, args.source)
     print(f"restored {report.refs} refs from {report.source}: copied {report.files_copied:,} "
           f"files ({report.bytes_copied:,} bytes), {report.files_present:,} were present; "
           "run `python -m flows publish` to refresh the marts database")

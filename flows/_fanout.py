@@ -24,11 +24,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 
 from flows._mapping import bounded_submit
-from tasks.branches import MAIN, ensure_branch_task
+from tasks.branches import MAIN, BranchCatalog, ensure_branch_task
 from tasks.errors import CascadeError, ConfigError
 from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
 from tasks.partitions import Partition, finished, ingest_totals, plan_partitions
-from tasks.runtime import current_lakehouse, current_run_id, require_source, run_branch_name
+from tasks.profile import Lakehouse, current_profile
+from tasks.runtime import current_run_id, require_source, run_branch_name
 from tasks.settings import NightscoutSettings, load_lakehouse_settings
 
 __all__ = ["INGEST_WINDOW_DEPLOYMENT", "MAX_CONCURRENCY", "FanOut", "IngestPlan", "Site",
@@ -95,11 +96,11 @@ class _Missing(dict[str, Any]):
         return "-"
 
 
-def _run_branch(kind: str, run_id: str) -> str:
+def _run_branch(branches: BranchCatalog, kind: str, run_id: str) -> str:
     """This run's branch: the one an earlier attempt of the same run left (a Prefect
     retry keeps the run id), else a new name."""
     suffix = f"-{run_id}"
-    for ref in current_lakehouse().branches.list_refs():
+    for ref in branches.list_refs():
         if ref.kind == "branch" and ref.name.startswith(f"run-{kind}-") \
                 and ref.name.endswith(suffix):
             return ref.name
@@ -112,20 +113,21 @@ def ingest_partitions(sites: list[Site], plan: IngestPlan,
     branch already holds; raises, branch kept, when any partition fails."""
     logger = get_run_logger()
     run_id = current_run_id()
-    branch = ensure_branch_task(branch or _run_branch(plan.kind, run_id))
+    lakehouse = current_profile().lakehouse
+    branches = lakehouse.branches
+    branch = ensure_branch_task(branches, branch or _run_branch(branches, plan.kind, run_id))
     override = load_lakehouse_settings().timezone_override
     by_id = {s.site_id: s for s in sites}
-    timezones = {s.site_id: ingest_profile_task(s.source, branch, run_id, override)
+    timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id, override)
                  for s in sites}
     partitions = plan_partitions(plan.ranges, plan.chunk_days)
-    branches = current_lakehouse().branches
     done = finished(branches.catalog(branch), branches.catalog(MAIN), partitions)
     todo = [p for p in partitions if p not in done]
     if done:
         logger.info("resuming on %s: %d of %d partitions already landed there, skipped",
                     branch, len(done), len(partitions))
     limit = min(max(1, plan.max_concurrency), MAX_CONCURRENCY)
-    submit = _submitter(plan, branch, run_id, by_id, timezones, limit)
+    submit = _submitter(lakehouse, plan, branch, run_id, by_id, timezones, limit)
     failures = _gather(submit, todo, limit, len(done), len(partitions),
                        f"{plan.kind} on {branch}")
     totals = ingest_totals(branches.catalog(branch), partitions)
@@ -157,13 +159,13 @@ def _gather(submit: Callable[[Partition], PrefectFuture[Any]], todo: list[Partit
     return failures
 
 
-def _submitter(plan: IngestPlan, branch: str, run_id: str, sites: dict[str, Site],
-               timezones: dict[str, str],
+def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,
+               sites: dict[str, Site], timezones: dict[str, str],
                limit: int) -> Callable[[Partition], PrefectFuture[Any]]:
     if plan.fan_out == "tasks":
         def as_task(part: Partition) -> PrefectFuture[Any]:
             return ingest_window_task.submit(
-                sites[part.site_id].source, branch, utc_midnight(part.start),
+                lakehouse, sites[part.site_id].source, branch, utc_midnight(part.start),
                 utc_midnight(part.end), timezones[part.site_id], run_id,
                 plan.max_reject_ratio)
         return as_task

@@ -9,6 +9,7 @@ from prefect import flow
 from flows._fanout import run_name
 from tasks.branches import ensure_branch_task
 from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
+from tasks.profile import current_profile
 from tasks.runtime import current_run_id, require_source, run_branch_name
 from tasks.settings import load_lakehouse_settings
 
@@ -30,12 +31,13 @@ def ingest_day(
     """
     source = require_source(block_name=site_block)
     run_id = current_run_id()
-    branch = ensure_branch_task(branch or run_branch_name("ingest", run_id))
+    lakehouse = current_profile().lakehouse
+    branch = ensure_branch_task(lakehouse.branches, branch or run_branch_name("ingest", run_id))
     override = load_lakehouse_settings().timezone_override
-    timezone = ingest_profile_task(source, branch, run_id, override)
+    timezone = ingest_profile_task(lakehouse, source, branch, run_id, override)
     start = utc_midnight(day)
-    report = ingest_window_task(source, branch, start, start + timedelta(days=1), timezone,
-                                run_id, max_reject_ratio)
+    report = ingest_window_task(lakehouse, source, branch, start, start + timedelta(days=1),
+                                timezone, run_id, max_reject_ratio)
     return {"branch": branch, "run_id": run_id, "site_id": source.site_id,
             "timezone": timezone, "committed": report.committed,
             "tables": {k: vars(v) for k, v in report.tables.items()}}

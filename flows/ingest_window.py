@@ -15,6 +15,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows._fanout import run_name
 from tasks.ingest import ingest_window_task, utc_midnight
+from tasks.profile import current_profile
 from tasks.runtime import require_source
 
 
@@ -46,7 +47,8 @@ def ingest_window(
     # strict: a missing limit is an error, never unlimited
     slot = concurrency(source_limit, occupy=1, strict=True) if source_limit else nullcontext()
     with slot:
-        report = ingest_window_task(source, branch, utc_midnight(start),
+        report = ingest_window_task(current_profile().lakehouse, source, branch,
+                                    utc_midnight(start),
                                     utc_midnight(end + timedelta(days=1)), timezone, run_id,
                                     max_reject_ratio)
     return {"site_id": source.site_id, "branch": branch, "committed": report.committed}

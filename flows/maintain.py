@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.maintenance import (
     DEFAULT_KEEP_LAST,
@@ -14,18 +15,19 @@ from tasks.maintenance import (
     remove_orphan_files,
     require_embedded,
 )
-from tasks.runtime import current_lakehouse
+from tasks.profile import Lakehouse, current_profile
 
 
-@task(name="expire-snapshots", task_run_name="expire snapshots on main")
-def _expire(retain_days: float, keep_last: int, dry_run: bool) -> ExpiryReport:
-    return expire_snapshots(current_lakehouse(), timedelta(days=retain_days), keep_last, dry_run)
+@task(name="expire-snapshots", task_run_name="expire snapshots on main", cache_policy=NO_CACHE)
+def _expire(lake: Lakehouse, retain_days: float, keep_last: int,
+            dry_run: bool) -> ExpiryReport:
+    return expire_snapshots(lake, timedelta(days=retain_days), keep_last, dry_run)
 
 
-@task(name="remove-orphan-files", task_run_name="remove orphan files")
-def _remove_orphans(grace_hours: float, dry_run: bool, expiry: ExpiryReport) -> OrphanReport:
-    return remove_orphan_files(current_lakehouse(), timedelta(hours=grace_hours), dry_run,
-                               pending=expiry)
+@task(name="remove-orphan-files", task_run_name="remove orphan files", cache_policy=NO_CACHE)
+def _remove_orphans(lake: Lakehouse, grace_hours: float, dry_run: bool,
+                    expiry: ExpiryReport) -> OrphanReport:
+    return remove_orphan_files(lake, timedelta(hours=grace_hours), dry_run, pending=expiry)
 
 
 @flow(name="maintain", flow_run_name="maintain main")
@@ -44,14 +46,15 @@ def maintain(retain_days: float = 7, keep_last: int = DEFAULT_KEEP_LAST,
         dry_run: report what would be expired and deleted; change nothing.
     """
     logger = get_run_logger()
-    require_embedded(current_lakehouse())
+    lake = current_profile().lakehouse
+    require_embedded(lake)
     expired, deleted = ("would expire", "would delete") if dry_run else ("expired", "deleted")
-    expiry = _expire(retain_days, keep_last, dry_run)
+    expiry = _expire(lake, retain_days, keep_last, dry_run)
     logger.info("main: %s %d snapshots in %d tables (older than %s, last %d kept); "
                 "%d tables deferred for open branches", expired, expiry.snapshots_expired,
                 len(expiry.tables), expiry.older_than.isoformat(timespec="seconds"),
                 keep_last, len(expiry.deferred))
-    orphans = _remove_orphans(grace_hours, dry_run, expiry)
+    orphans = _remove_orphans(lake, grace_hours, dry_run, expiry)
     logger.info("warehouse: scanned %d files, %d live, %d younger than %sh kept; %s %d files "
                 "(%d bytes)", orphans.scanned, orphans.live, orphans.young, grace_hours,
                 deleted, orphans.deleted, orphans.deleted_bytes)

@@ -28,7 +28,7 @@ from flows.promote import promote
 from flows.publish import publish
 from flows.validate import validate
 from tasks.errors import BranchConflict
-from tasks.runtime import current_lakehouse
+from tasks.profile import current_profile
 from tasks.settings import NightscoutSettings, load_lakehouse_settings
 
 PROMOTE_ATTEMPTS = 3
@@ -111,7 +111,7 @@ def _write_audit_publish(
             logger.warning("main moved under %s (%s); attempt %d of %d: redoing its range on "
                            "a fresh branch from main", branch, conflict, attempt + 1,
                            PROMOTE_ATTEMPTS)
-            current_lakehouse().branches.delete_branch(branch)
+            current_profile().lakehouse.branches.delete_branch(branch)
             ingested = redo(None)
             continue
         published = publish("main")
@@ -174,10 +174,9 @@ def _main_profile_timezone(site_id: str) -> str | None:
     from pyiceberg.expressions.literals import literal
 
     from tasks.lakehouse import read_table
-    from tasks.runtime import current_lakehouse
     from tasks.shaping import profile_timezone
 
-    catalog = current_lakehouse().branches.catalog("main")
+    catalog = current_profile().lakehouse.branches.catalog("main")
     if not catalog.table_exists("raw.profile"):
         return None
     site = EqualTo(term=Reference("site_id"), value=literal(site_id))

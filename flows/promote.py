@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 
 from tasks.branches import MAIN
-from tasks.runtime import current_lakehouse
+from tasks.profile import current_profile
 
 
 def promoted_tag(branch: str, taken: set[str]) -> str:
@@ -31,7 +31,7 @@ def promote(branch: str, expected_main_hash: str | None = None,
         delete_branch: delete the branch after a successful merge (default).
     """
     logger = get_run_logger()
-    branches = current_lakehouse().branches
+    branches = current_profile().lakehouse.branches
     tag_name = promoted_tag(branch, {r.name for r in branches.list_refs()})
     result = branches.merge(branch, into=MAIN, expected_hash=expected_main_hash, tag=tag_name)
     tag = branches.ref(tag_name)

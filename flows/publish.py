@@ -6,8 +6,9 @@ from prefect import flow, get_run_logger
 
 from tasks.charts import render_charts_task
 from tasks.lakehouse import read_table
+from tasks.profile import current_profile
 from tasks.publish import publish_marts_task
-from tasks.runtime import current_lakehouse, current_run_id
+from tasks.runtime import current_run_id
 from tasks.settings import load_lakehouse_settings
 
 MARTS = ("mrt_daily_glycaemia", "mrt_agp_hourly", "mrt_agp_hourly_14d", "mrt_quality_coverage")
@@ -23,12 +24,13 @@ def publish(ref: str = "main", marts_block: str | None = None,
         marts_block: a ``sqlalchemy-connector`` block; default the embedded SQLite file.
         charts: also render the AGP and time-in-range pictures and artifacts.
     """
-    lake = current_lakehouse()
-    info = lake.branches.ref(ref)
-    catalog = lake.branches.catalog(ref)
+    profile = current_profile()
+    info = profile.lakehouse.branches.ref(ref)
+    catalog = profile.lakehouse.branches.catalog(ref)
     marts = {name: read_table(catalog, f"marts.{name}") for name in MARTS
              if catalog.table_exists(f"marts.{name}")}
-    report = publish_marts_task(marts, ref, info.hash, current_run_id(), marts_block)
+    report = publish_marts_task(marts, ref, info.hash, current_run_id(),
+                                profile.marts_connector(marts_block))
     pictures: list[str] = []
     if charts and {"mrt_agp_hourly", "mrt_daily_glycaemia"} <= marts.keys():
         out_dir = load_lakehouse_settings().home / "reports"

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
+from tasks.branches import BranchCatalog
 from tasks.errors import ValidationFailed
-from tasks.runtime import current_lakehouse
+from tasks.profile import current_profile
 from tasks.settings import load_lakehouse_settings
 from tasks.validation import Check, check_dbt_results, check_marts, reconcile_raw, render_markdown
 
 
-@task(name="check-dbt-results", task_run_name="dbt results of {branch}")
-def _dbt_checks(branch: str) -> list[Check]:
+@task(name="check-dbt-results", task_run_name="dbt results of {branch}", cache_policy=NO_CACHE)
+def _dbt_checks(branches: BranchCatalog, branch: str) -> list[Check]:
     build_dir = load_lakehouse_settings().home / "build" / branch
-    return check_dbt_results(build_dir, current_lakehouse().branches.ref(branch).hash)
+    return check_dbt_results(build_dir, branches.ref(branch).hash)
 
 
-@task(name="check-mart-contracts", task_run_name="mart contracts on {branch}")
-def _mart_checks(branch: str) -> list[Check]:
-    return check_marts(current_lakehouse().branches.catalog(branch))
+@task(name="check-mart-contracts", task_run_name="mart contracts on {branch}",
+      cache_policy=NO_CACHE)
+def _mart_checks(branches: BranchCatalog, branch: str) -> list[Check]:
+    return check_marts(branches.catalog(branch))
 
 
-@task(name="reconcile-raw", task_run_name="reconcile raw on {branch}")
-def _reconcile(branch: str) -> list[Check]:
-    return reconcile_raw(current_lakehouse().branches.catalog(branch))
+@task(name="reconcile-raw", task_run_name="reconcile raw on {branch}", cache_policy=NO_CACHE)
+def _reconcile(branches: BranchCatalog, branch: str) -> list[Check]:
+    return reconcile_raw(branches.catalog(branch))
 
 
 def _artifact_key(branch: str) -> str:
@@ -38,8 +41,10 @@ def validate(branch: str) -> dict[str, object]:
     The branch is never changed or deleted here: on failure it is kept for inspection.
     Returns the main hash seen, so ``promote`` can refuse if main moved since.
     """
-    main_hash = current_lakehouse().branches.ref("main").hash
-    checks = [*_dbt_checks(branch), *_mart_checks(branch), *_reconcile(branch)]
+    branches = current_profile().lakehouse.branches
+    main_hash = branches.ref("main").hash
+    checks = [*_dbt_checks(branches, branch), *_mart_checks(branches, branch),
+              *_reconcile(branches, branch)]
     report = render_markdown(branch, checks)
     create_markdown_artifact(report, key=_artifact_key(branch),
                              description=f"validation of {branch}")

@@ -476,14 +476,13 @@ def _sqlite_engine(uri: str) -> Engine:
 # ----------------------------------------------------------------------- Prefect wrappers
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 
-@task(name="create-branch", task_run_name="branch {name} from {from_ref}")
-def ensure_branch_task(name: str, from_ref: str = MAIN) -> str:
+@task(name="create-branch", task_run_name="branch {name} from {from_ref}",
+      cache_policy=NO_CACHE)
+def ensure_branch_task(branches: BranchCatalog, name: str, from_ref: str = MAIN) -> str:
     """Create branch ``name`` from ``from_ref`` unless it exists; return its name."""
-    from tasks.runtime import current_lakehouse
-
-    branches = current_lakehouse().branches
     try:
         info = branches.ref(name)
     except BranchNotFound:

@@ -250,15 +250,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from tasks.profile import Lakehouse
 from tasks.settings import NightscoutSettings
 
 
 @contextmanager
-def _lakehouse_reachable(what: str) -> Iterator[None]:
+def _lakehouse_reachable(lakehouse: Lakehouse, what: str) -> Iterator[None]:
     """Turn a lakehouse service that does not answer into ``ServiceUnavailable``."""
-    from tasks.runtime import current_lakehouse
-
     try:
         yield
     except CascadeError:
@@ -268,7 +268,7 @@ def _lakehouse_reachable(what: str) -> Iterator[None]:
         if cause is None:
             raise
         raise ServiceUnavailable(
-            f"{what}: the {current_lakehouse().describe()} did not answer "
+            f"{what}: the {lakehouse.describe()} did not answer "
             f"({type(cause).__name__}): check the services (`python3 scripts/cascade.py stack "
             "status`), then re-run the same parameters; ingestion replaces what it writes, so "
             "nothing is duplicated"
@@ -281,15 +281,13 @@ def _context(source: NightscoutSettings, timezone: str, start: datetime, end: da
 
 
 @task(name="ingest-profile", retries=2, retry_delay_seconds=[2, 10],
-      task_run_name="profile site={source.site_id}")
-def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
-                        timezone_override: str | None = None) -> str:
+      task_run_name="profile site={source.site_id}", cache_policy=NO_CACHE)
+def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
+                        run_id: str, timezone_override: str | None = None) -> str:
     """Replace the site's profiles on ``branch``; return the site's timezone."""
-    from tasks.runtime import current_lakehouse
-
     now = datetime.now(UTC)
-    with _lakehouse_reachable(f"profiles site={source.site_id}"):
-        catalog = current_lakehouse().branches.catalog(branch)
+    with _lakehouse_reachable(lakehouse, f"profiles site={source.site_id}"):
+        catalog = lakehouse.branches.catalog(branch)
         with NightscoutClient(source) as client:
             profiles = ingest_profiles(client, catalog,
                                        _context(source, "UTC", now, now, run_id))
@@ -301,15 +299,15 @@ def ingest_profile_task(source: NightscoutSettings, branch: str, run_id: str,
 
 @task(name="ingest-window", retries=2, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=lambda task, run, state: _retryable(state),
-      task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}")
-def ingest_window_task(source: NightscoutSettings, branch: str, start: datetime, end: datetime,
-                       timezone: str, run_id: str, max_reject_ratio: float = 0.05) -> WindowReport:
+      task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}",
+      cache_policy=NO_CACHE)
+def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
+                       start: datetime, end: datetime, timezone: str, run_id: str,
+                       max_reject_ratio: float = 0.05) -> WindowReport:
     """Fetch, shape, check and commit one window of one site onto ``branch``."""
-    from tasks.runtime import current_lakehouse
-
     what = f"{start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}"
-    with _lakehouse_reachable(what):
-        catalog = current_lakehouse().branches.catalog(branch)
+    with _lakehouse_reachable(lakehouse, what):
+        catalog = lakehouse.branches.catalog(branch)
         with NightscoutClient(source) as client:
             report = ingest_window(client, catalog,
                                    _context(source, timezone, start, end, run_id),

@@ -16,10 +16,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime
-from functools import lru_cache
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import polars as pl
 import pyarrow as pa
@@ -51,24 +49,12 @@ from tasks._pyiceberg import (
     iceberg_schema,
     write_data_files,
 )
-from tasks.branches import BranchCatalog, EmbeddedBranchCatalog
-from tasks.nessie import NessieBranchCatalog
-from tasks.settings import (
-    LakehouseSettings,
-    StackSettings,
-    load_lakehouse_settings,
-    load_stack_settings,
-)
 from tasks.tables import TableLayout
 
 __all__ = [
-    "Lakehouse",
-    "StackLakehouse",
-    "embedded_lakehouse",
     "read_table",
     "replace_rows",
     "site_window",
-    "stack_lakehouse",
 ]
 
 logger = logging.getLogger("cascade.lakehouse")
@@ -82,63 +68,6 @@ _TABLE_PROPERTIES: Final = {
     "write.parquet.compression-codec": "zstd",
 }
 _FIRST_PARTITION_FIELD_ID: Final = 1000  # Iceberg numbers partition fields from 1000
-
-class Lakehouse(Protocol):
-    """What the flows need from a lakehouse profile: branches and catalogs at refs."""
-
-    @property
-    def profile(self) -> str: ...
-
-    @property
-    def branches(self) -> BranchCatalog: ...
-
-    def describe(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class EmbeddedLakehouse:
-    """The embedded profile: SQLite catalog with branches, warehouse on local disk."""
-
-    settings: LakehouseSettings
-    branches: EmbeddedBranchCatalog
-    profile: str = "embedded"
-
-    def describe(self) -> str:
-        return f"embedded lakehouse at {self.settings.home}"
-
-
-@dataclass(frozen=True)
-class StackLakehouse:
-    """The stack profile: branches in Nessie, Iceberg files in S3 (MinIO), dbt on Trino."""
-
-    settings: StackSettings
-    branches: NessieBranchCatalog
-    profile: str = "stack"
-
-    def describe(self) -> str:
-        return (f"stack lakehouse: Nessie at {self.settings.nessie_uri}, "
-                f"warehouse s3://{self.settings.bucket} at {self.settings.s3_endpoint}")
-
-
-@lru_cache(maxsize=1)
-def stack_lakehouse() -> StackLakehouse:
-    """The stack lakehouse from blocks or environment (one instance per process)."""
-    settings = load_stack_settings()
-    return StackLakehouse(settings, NessieBranchCatalog(settings))
-
-
-@lru_cache(maxsize=8)
-def _embedded(home: str) -> EmbeddedLakehouse:
-    settings = load_lakehouse_settings(home)
-    return EmbeddedLakehouse(settings, EmbeddedBranchCatalog(settings.catalog_path,
-                                                             settings.warehouse))
-
-
-def embedded_lakehouse(settings: LakehouseSettings | None = None) -> EmbeddedLakehouse:
-    """The embedded lakehouse under ``settings.home`` (one instance per process and home)."""
-    settings = settings or load_lakehouse_settings()
-    return _embedded(str(settings.home))
-
 
 def _arrow_schema(schema: pl.Schema) -> pa.Schema:
     return pl.DataFrame(schema=schema).to_arrow().schema

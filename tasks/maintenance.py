@@ -42,7 +42,7 @@ from pyiceberg.table.snapshots import Snapshot
 
 from tasks.branches import MAIN, EmbeddedBranchCatalog
 from tasks.errors import CascadeError, ConfigError
-from tasks.lakehouse import Lakehouse
+from tasks.profile import Lakehouse
 
 __all__ = [
     "DEFAULT_GRACE",

@@ -16,7 +16,6 @@ publish runs) and takes the write lock up front with ``BEGIN IMMEDIATE``.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import polars as pl
-from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector, SyncDriver
+from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -49,12 +48,10 @@ from sqlalchemy.types import TypeEngine
 
 from tasks.errors import PublishError
 from tasks.faults import fault_point
-from tasks.settings import LakehouseSettings, load_lakehouse_settings, marts_url_from_env
 
 __all__ = [
     "PUBLISH_LOG",
     "PublishReport",
-    "marts_connector",
     "mask_url",
     "publish_marts",
     "publish_marts_task",
@@ -92,34 +89,7 @@ class PublishReport:
     seconds: float = field(default=0.0)
 
 
-# ------------------------------------------------------------------------- connector
-
-
-def marts_connector(
-    settings: LakehouseSettings | None = None, block_name: str | None = None
-) -> SqlAlchemyConnector:
-    """The marts database: a named ``SqlAlchemyConnector`` block, else the embedded SQLite file.
-
-    Args:
-        settings: lakehouse settings; resolved from the environment when None.
-        block_name: a SqlAlchemyConnector block document; defaults to ``CASCADE_MARTS_BLOCK``.
-    """
-    block_name = block_name or os.environ.get("CASCADE_MARTS_BLOCK", "").strip() or None
-    if block_name:
-        return SqlAlchemyConnector.load(block_name)
-    if os.environ.get("CASCADE_PROFILE", "").strip() == "stack":
-        url = marts_url_from_env()
-        if url is None:
-            raise PublishError(
-                "stack profile: no marts database configured: set CASCADE_MARTS_BLOCK to a "
-                "sqlalchemy-connector block, or POSTGRES_HOST/_USER/_PASSWORD (stack.env)"
-            )
-        return SqlAlchemyConnector(connection_info=url)
-    path = (settings or load_lakehouse_settings()).marts_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SqlAlchemyConnector(
-        connection_info=ConnectionComponents(driver=SyncDriver.SQLITE_PYSQLITE, database=str(path))
-    )
+# ----------------------------------------------------------------------------- names
 
 
 def mask_url(url: URL | str) -> str:
@@ -434,18 +404,19 @@ def _polars_type(sql_type: TypeEngine[Any]) -> pl.DataType | None:
 # ------------------------------------------------------------------------ Prefect wrapper
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 
-@task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30])
+@task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def publish_marts_task(
     marts: dict[str, pl.DataFrame],
     ref: str,
     ref_hash: str,
     run_id: str,
-    block_name: str | None = None,
+    connector: SqlAlchemyConnector,
 ) -> PublishReport:
-    """Publish the marts to the marts database (block ``block_name`` or the embedded file)."""
-    with marts_connector(block_name=block_name) as connector:
+    """Publish the marts to the marts database ``connector`` (closed afterwards)."""
+    with connector:
         report = publish_marts(connector, marts, ref=ref, ref_hash=ref_hash, run_id=run_id)
     counts = ", ".join(f"{name} {n}" for name, n in report.marts.items()) or "no marts"
     get_run_logger().info(

@@ -1,7 +1,7 @@
 """Query a ref (main, a branch or a tag) of the embedded lakehouse with DuckDB.
 
-``open_ref(ref)`` returns a DuckDB connection with one view per Iceberg table at that
-ref (``raw.entries``, ``marts.mrt_daily_glycaemia``, ...), read straight from the Iceberg
+``open_ref(catalog)`` returns a DuckDB connection with one view per Iceberg table of a
+ref's catalog (``raw.entries``, ``marts.mrt_daily_glycaemia``, ...), read straight from the Iceberg
 metadata by DuckDB's iceberg extension, installed offline from its PyPI wheel.
 """
 
@@ -31,12 +31,8 @@ def load_iceberg_extension(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"load '{found[-1]}'")
 
 
-def open_ref(ref: str = "main", catalog: Catalog | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view for every table at ``ref``."""
-    if catalog is None:
-        from tasks.runtime import current_lakehouse
-
-        catalog = current_lakehouse().branches.catalog(ref)
+def open_ref(catalog: Catalog) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view for every table of ``catalog`` (a ref's)."""
     con = duckdb.connect()
     load_iceberg_extension(con)
     for (namespace,) in catalog.list_namespaces():

@@ -1,32 +1,17 @@
-"""Resolve the profile's parts once, at the flow's edge: lakehouse, source, run ids.
+"""What a run knows about itself: its source, run id and branch name.
 
-``CASCADE_PROFILE`` picks the lakehouse: ``embedded`` (default; SQLite catalog with
-branches under ``$CASCADE_HOME``) or ``stack`` (Nessie + MinIO; see docs/stack.md).
+The profile (lakehouse, marts database) is decided in ``tasks.profile``.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 from tasks.errors import ConfigError
-from tasks.lakehouse import Lakehouse, embedded_lakehouse, stack_lakehouse
 from tasks.settings import NightscoutSettings, load_nightscout_settings
 
-__all__ = ["current_lakehouse", "current_run_id", "day_windows", "require_source", "run_branch_name"]
-
-
-def current_lakehouse() -> Lakehouse:
-    """The lakehouse of the active profile (``CASCADE_PROFILE``, default embedded)."""
-    profile = os.environ.get("CASCADE_PROFILE", "embedded").strip() or "embedded"
-    if profile == "embedded":
-        return embedded_lakehouse()
-    if profile == "stack":
-        return stack_lakehouse()
-    raise ConfigError(
-        f"CASCADE_PROFILE={profile!r} is unknown: use 'embedded' (default) or 'stack'"
-    )
+__all__ = ["current_run_id", "day_windows", "require_source", "run_branch_name"]
 
 
 def require_source(url: str | None = None, block_name: str | None = None) -> NightscoutSettings:

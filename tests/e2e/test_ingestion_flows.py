@@ -11,7 +11,8 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from flows.ingest_day import ingest_day
 from flows.pipeline import backfill
 from tasks.errors import CascadeError, NightscoutBadResponse
-from tasks.lakehouse import embedded_lakehouse, read_table
+from tasks.lakehouse import read_table
+from tasks.profile import embedded_lakehouse
 from tasks.simulator import SimulatorServer, expected_records
 from tests.e2e.conftest import SITE
 

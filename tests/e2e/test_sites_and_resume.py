@@ -16,7 +16,8 @@ from blocks.nightscout import NightscoutSite
 from flows._fanout import _run_branch
 from flows.pipeline import backfill
 from tasks.errors import CascadeError
-from tasks.lakehouse import embedded_lakehouse, read_table
+from tasks.lakehouse import read_table
+from tasks.profile import embedded_lakehouse
 from tasks.settings import load_lakehouse_settings
 from tasks.simulator import SimulatorServer, SiteConfig
 

@@ -14,7 +14,8 @@ from flows.pipeline import backfill, daily
 from flows.promote import promote
 from flows.validate import validate
 from tasks.errors import BranchConflict, ValidationFailed
-from tasks.lakehouse import embedded_lakehouse, read_table
+from tasks.lakehouse import read_table
+from tasks.profile import embedded_lakehouse
 from tasks.query import open_ref
 from tasks.settings import load_lakehouse_settings
 from tasks.simulator import SimulatorServer
@@ -57,7 +58,7 @@ def test_chain_promotes_publishes_and_keeps_history(site_env: SimulatorServer) -
     assert len(snapshots) >= 2
     assert table.scan(snapshot_id=snapshots[0].snapshot_id).to_arrow().num_rows < entries_main
     # the same data through DuckDB's iceberg reader
-    count = open_ref("main").sql("select count(*) from raw.entries").fetchone()
+    count = open_ref(embedded_lakehouse().branches.catalog("main")).sql("select count(*) from raw.entries").fetchone()
     assert count == (entries_main,)
 
 

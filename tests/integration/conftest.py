@@ -74,7 +74,7 @@ def stack_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The stack's variables and Prefect server for one test (nothing leaks past it)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.lakehouse import stack_lakehouse
+    from tasks.profile import stack_lakehouse
 
     env = read_env_file(STACK_ENV)
     for key, value in env.items():

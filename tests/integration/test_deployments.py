@@ -38,7 +38,8 @@ from prefect.states import Cancelled
 from pyiceberg.expressions import EqualTo
 
 from flows.automations import FAILED_NAME, apply_automations, delete_automations
-from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.lakehouse import read_table
+from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 from tests.integration.conftest import NOW, REPO, STACK_ENV, read_env_file
 

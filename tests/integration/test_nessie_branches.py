@@ -10,8 +10,9 @@ import pytest
 
 from tasks.branches import MAIN
 from tasks.errors import BranchConflict, BranchError, BranchExists, BranchNotFound
-from tasks.lakehouse import read_table, replace_rows, stack_lakehouse
+from tasks.lakehouse import read_table, replace_rows
 from tasks.nessie import NessieBranchCatalog
+from tasks.profile import stack_lakehouse
 from tasks.tables import TableLayout
 
 pytestmark = pytest.mark.stack

@@ -7,7 +7,7 @@ from prefect_sqlalchemy import SqlAlchemyConnector
 from sqlalchemy import text
 
 from blocks.register import register_blocks
-from tasks.publish import marts_connector
+from tasks.profile import current_profile
 from tasks.settings import load_stack_settings
 
 pytestmark = pytest.mark.stack
@@ -32,7 +32,7 @@ def test_registered_blocks_drive_the_stack(stack_env: dict[str, str],
     assert settings.s3_access_key == stack_env["MINIO_ROOT_USER"]
     assert settings.s3_secret_key.get_secret_value() == stack_env["MINIO_ROOT_PASSWORD"]
     assert settings.trino_catalog == stack_env["TRINO_CATALOG"]
-    connector = marts_connector()
+    connector = current_profile().marts_connector()
     assert isinstance(connector, SqlAlchemyConnector)
     with connector.get_connection(begin=False) as conn:
         assert conn.execute(text("select current_database()")).scalar() == "marts"

@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 from pyiceberg.expressions import EqualTo
 
-from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.lakehouse import read_table
 from tasks.nessie import NO_ANCESTOR
+from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 from tests.integration.conftest import NOW, REPO, SECRET, use_site
 from tests.integration.test_stack_pipeline import MARTS, _postgres_mart

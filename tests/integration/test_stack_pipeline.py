@@ -21,7 +21,8 @@ from flows.build_branch import build_branch
 from flows.pipeline import backfill
 from flows.validate import validate
 from tasks.errors import ValidationFailed
-from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.lakehouse import read_table
+from tasks.profile import stack_lakehouse
 from tasks.settings import marts_url_from_env
 from tasks.trino import branch_catalog, query
 
@@ -124,7 +125,7 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
     monkeypatch.setenv("CASCADE_HOME", str(tmp_path / "embedded"))
     backfill(start=FIRST[0], end=FIRST[1], chunk_days=2, dbt_node_tasks=False)
     backfill(start=SECOND[0], end=SECOND[1], chunk_days=1, dbt_node_tasks=False)
-    from tasks.lakehouse import embedded_lakehouse
+    from tasks.profile import embedded_lakehouse
 
     embedded_main = embedded_lakehouse().branches.catalog("main")
     for name in MARTS:

@@ -21,7 +21,8 @@ from pyiceberg.expressions import EqualTo
 from flows.build_branch import build_branch
 from flows.ingest_day import ingest_day
 from tasks.errors import ServiceUnavailable
-from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.lakehouse import read_table
+from tasks.profile import stack_lakehouse
 from tasks.settings import marts_url_from_env
 from tests.integration.conftest import REPO, SECRET
 
@@ -117,7 +118,8 @@ def test_publish_with_postgres_down_fails_and_the_marts_stay_as_they_were(
     stack_site: str, stack_env: dict[str, str],
 ) -> None:
     from tasks.errors import PublishError
-    from tasks.publish import marts_connector, publish_marts
+    from tasks.profile import current_profile
+    from tasks.publish import publish_marts
 
     url = marts_url_from_env()
     assert url is not None
@@ -135,7 +137,7 @@ def test_publish_with_postgres_down_fails_and_the_marts_stay_as_they_were(
     before = snapshot()
     frame = read_table(stack_lakehouse().branches.catalog("main"),
                        "marts.mrt_daily_glycaemia").head(5)
-    connector = marts_connector()
+    connector = current_profile().marts_connector()
     with stopped("postgres"), pytest.raises(PublishError) as failure:
         publish_marts(connector, {"mrt_fault_probe": frame}, ref="main", ref_hash="x",
                       run_id="fault")

@@ -114,7 +114,7 @@ def test_expiry_and_cleanup_remove_old_snapshots_and_their_files(
     assert orphans.deleted_bytes == sum(before[p][0] for p in orphans.paths)
     assert orphans.live == 4 and orphans.young == 0 and orphans.missing == 0
     assert _glucose(branches, "main") == [130, 131]
-    duck = open_ref("main", branches.catalog("main"))
+    duck = open_ref(branches.catalog("main"))
     assert duck.sql("select sum(glucose_mg_dl) from raw.readings").fetchone() == (261,)
 
 

@@ -18,9 +18,9 @@ from sqlalchemy.exc import OperationalError
 
 from tasks import publish
 from tasks.errors import PublishError
+from tasks.profile import embedded_profile, sqlite_marts
 from tasks.publish import (
     PUBLISH_LOG,
-    marts_connector,
     mask_url,
     publish_marts,
     read_mart,
@@ -38,7 +38,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def connector(db_path: Path) -> Iterator[SqlAlchemyConnector]:
-    block = marts_connector(LakehouseSettings(home=db_path.parent))
+    block = sqlite_marts(LakehouseSettings(home=db_path.parent))
     with block:
         yield block
 
@@ -77,7 +77,7 @@ def read(connector: SqlAlchemyConnector, name: str, like: pl.DataFrame) -> pl.Da
 
 
 def test_marts_connector_defaults_to_sqlite_file_under_home(db_path: Path) -> None:
-    block = marts_connector(LakehouseSettings(home=db_path.parent))
+    block = embedded_profile(LakehouseSettings(home=db_path.parent)).marts_connector()
     with block:
         url = block.get_engine().url
     assert url.drivername == "sqlite+pysqlite"
@@ -265,7 +265,9 @@ def test_task_publishes_to_the_home_marts_file(
     monkeypatch.delenv("CASCADE_MARTS_BLOCK", raising=False)
     monkeypatch.setattr(publish, "get_run_logger", lambda: logging.getLogger("test-publish"))
     with caplog.at_level(logging.INFO, logger="test-publish"):
-        report = publish.publish_marts_task.fn({"mrt_a": patients(3)}, **REF)
+        connector = embedded_profile().marts_connector()
+        report = publish.publish_marts_task.fn({"mrt_a": patients(3)}, **REF,
+                                               connector=connector)
     assert report.marts == {"mrt_a": 3}
     assert report.database.endswith(str(cascade_home / "marts.db"))
     assert "mrt_a 3" in caplog.text
