@@ -6,8 +6,8 @@ from datetime import date, timedelta
 
 from prefect import flow
 
-from flows._fanout import run_name
 from tasks.branches import ensure_branch_task
+from tasks.fanout import run_name
 from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
 from tasks.profile import current_profile
 from tasks.runtime import current_run_id, require_source, run_branch_name

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 
-from flows._fanout import run_name
+from tasks.fanout import run_name
 from tasks.ingest import ingest_window_task, utc_midnight
 from tasks.profile import current_profile
 from tasks.runtime import require_source

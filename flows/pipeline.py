@@ -15,7 +15,12 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._fanout import (
+from flows.build_branch import build_branch
+from flows.promote import promote
+from flows.publish import publish
+from flows.validate import validate
+from tasks.errors import BranchConflict
+from tasks.fanout import (
     MAX_CONCURRENCY,
     FanOut,
     IngestPlan,
@@ -23,11 +28,6 @@ from flows._fanout import (
     ingest_partitions,
     run_name,
 )
-from flows.build_branch import build_branch
-from flows.promote import promote
-from flows.publish import publish
-from flows.validate import validate
-from tasks.errors import BranchConflict
 from tasks.profile import current_profile
 from tasks.settings import NightscoutSettings, load_lakehouse_settings
 

@@ -13,9 +13,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from pydantic import SecretStr
 
 from blocks.nightscout import NightscoutSite
-from flows._fanout import _run_branch
 from flows.pipeline import backfill
 from tasks.errors import CascadeError
+from tasks.fanout import _run_branch
 from tasks.lakehouse import read_table
 from tasks.profile import embedded_lakehouse
 from tasks.settings import load_lakehouse_settings

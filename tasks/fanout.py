@@ -23,10 +23,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 
-from flows._mapping import bounded_submit
 from tasks.branches import MAIN, BranchCatalog, ensure_branch_task
 from tasks.errors import CascadeError, ConfigError
 from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
+from tasks.mapping import bounded_submit
 from tasks.partitions import Partition, finished, ingest_totals, plan_partitions
 from tasks.profile import Lakehouse, current_profile
 from tasks.runtime import current_run_id, require_source, run_branch_name
