@@ -143,15 +143,14 @@ def ingest_sites(spec: dict[str, Any]) -> dict[str, Any]:
     from pydantic import SecretStr
 
     from tasks.branches import EmbeddedBranchCatalog
-    from tasks.ingest import utc_midnight
-    from tasks.runtime import day_windows
+    from tasks.days import DayRange
     from tasks.settings import NightscoutSettings
 
     home = Path(spec["home"])
     catalog = EmbeddedBranchCatalog(home / "catalog.db", home / "warehouse").catalog("main")
     end = datetime.fromisoformat(spec["end"]).date()
-    days = day_windows(end - timedelta(days=spec["days"] - 1), end, spec["chunk_days"])
-    windows = [(utc_midnight(lo), utc_midnight(hi)) for lo, hi in days]
+    days = DayRange(end - timedelta(days=spec["days"] - 1), end).chunks(spec["chunk_days"])
+    windows = [chunk.utc_bounds() for chunk in days]
     sync = bool(spec.get("sync"))
     per_site: list[dict[str, Any]] | None = [] if sync or spec.get("per_site") else None
     started, cpu, rows = time.perf_counter(), cpu_seconds(), 0

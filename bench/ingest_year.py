@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.contracts import check
-from tasks.ingest import WINDOW_TABLES, utc_midnight
+from tasks.days import DayRange
+from tasks.ingest import WINDOW_TABLES
 from tasks.lakehouse import replace_rows, site_window
 from tasks.nightscout import NightscoutClient
-from tasks.runtime import day_windows
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, shape
 from tasks.simulator import SimulatorServer, SiteConfig
@@ -42,11 +42,11 @@ def main() -> None:
     seconds = {"fetch": 0.0, "shape+contract": 0.0, "commit": 0.0}
     rows = 0
     end = now.date() - timedelta(days=1)
-    windows = day_windows(end - timedelta(days=args.days - 1), end, args.chunk_days)
+    windows = DayRange(end - timedelta(days=args.days - 1), end).chunks(args.chunk_days)
     with SimulatorServer([site], now=now, history_days=args.days + 2) as sim:
         client = NightscoutClient(NightscoutSettings(sim.url_for("a"), "a", SecretStr("s")))
-        for lo, hi in windows:
-            ctx = ShapeContext("a", site.timezone, utc_midnight(lo), utc_midnight(hi), "bench",
+        for window in windows:
+            ctx = ShapeContext("a", site.timezone, *window.utc_bounds(), "bench",
                                datetime.now(UTC))
             for name in WINDOW_TABLES:
                 table = RAW_TABLES[name]

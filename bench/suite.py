@@ -313,7 +313,7 @@ def _prefetch_entries(sim: Any, rows: int, work: Path) -> dict[str, Any]:
     """Fetch ``rows`` readings of the 1-minute site with Cascade's client, as Parquet."""
     from pydantic import SecretStr
 
-    from tasks.ingest import utc_midnight
+    from tasks.days import utc_midnight
     from tasks.nightscout import NightscoutClient
     from tasks.settings import NightscoutSettings
 

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.results import IngestResult, PublishResult, RunResult
 
 __all__ = ["main"]
 
@@ -54,32 +58,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_where(result: dict[str, object], home: object) -> None:
-    branch = result["branch"]
+def _print_where(result: RunResult, home: Path) -> None:
     print()
-    tables = result.get("tables", {})
-    assert isinstance(tables, dict)
-    for name, counts in tables.items():
-        print(f"  raw.{name:<13} committed {counts['committed']:>8,}  duplicates "
-              f"{counts['duplicates']:>6,}  rejected {counts['rejected']:>5,}")
-    if "tag" in result:
-        print(f"\nAudited on branch {branch!r}, promoted into main as tag {result['tag']!r}.")
-        _print_marts(home)
+    _print_ingested(result.ingest)
+    if result.tag is not None:
+        print(f"\nAudited on branch {result.branch!r}, promoted into main as tag {result.tag!r}.")
+        _print_marts()
     else:
-        print(f"\nLanded on branch {branch!r} of the embedded lakehouse at {home}")
+        print(f"\nLanded on branch {result.branch!r} of the embedded lakehouse at {home}")
     print("\nLook at it:")
     print(f"  lakehouse       {home}  (catalog.db + warehouse/)")
     print(f"  marts (SQLite)  {home}/marts.db")
-    reports = result.get("reports") or []
-    assert isinstance(reports, list)
-    for report in reports:
+    for report in result.published.reports if result.published else []:
         print(f"  AGP report      {report}")
     print("  python -m flows refs                      # branches and tags")
     print("  python -m flows show marts.mrt_daily_glycaemia --ref main")
     print("  docs/querying.md: open main, a branch or a tag from DuckDB or PyIceberg")
 
 
-def _print_marts(home: object) -> None:
+def _print_marts() -> None:
     import polars as pl
 
     from tasks.charts import period_summary
@@ -134,20 +131,51 @@ def _flow_command(args: argparse.Namespace) -> int:
     elif args.command == "validate":
         from flows.validate import validate
 
-        print(validate(branch=args.branch))
+        audit = validate(branch=args.branch)
+        print(f"validated {audit.branch}: {len(audit.checks)} checks passed; main at "
+              f"{audit.main_hash}")
     elif args.command == "promote":
         from flows.promote import promote
 
-        print(promote(branch=args.branch))
+        merged = promote(branch=args.branch)
+        print(f"promoted {merged.branch} into main as {merged.tag}: {len(merged.tables)} "
+              f"tables, main {merged.main_before} -> {merged.main_after}")
     elif args.command == "publish":
         from flows.publish import publish
 
-        print(publish(ref=args.ref))
+        _print_published(publish(ref=args.ref))
     elif args.command == "daily":
         from flows.pipeline import daily
 
-        print(daily(day=args.day, sites=args.sites or None))
+        _print_run(daily(day=args.day, sites=args.sites or None))
     return 0
+
+
+def _print_ingested(ingested: IngestResult) -> None:
+    print(f"ingested {ingested.committed:,} rows of {', '.join(ingested.sites)} onto "
+          f"{ingested.branch} ({ingested.windows} windows, {ingested.resumed} already there)")
+    for name, counts in ingested.tables.items():
+        print(f"  raw.{name:<13} committed {counts.committed:>8,}  duplicates "
+              f"{counts.duplicates:>6,}  rejected {counts.rejected:>5,}")
+
+
+def _print_published(published: PublishResult) -> None:
+    marts = ", ".join(f"{name} {rows:,}" for name, rows in published.rows.items())
+    print(f"published from {published.ref}@{published.hash} to {published.database}: {marts}")
+    for report in published.reports:
+        print(f"  report {report}")
+
+
+def _print_run(result: RunResult) -> None:
+    _print_ingested(result.ingest)
+    for site, day in result.days.items():
+        print(f"  site {site}: local day {day}")
+    if result.tag is None:
+        print(f"branch {result.branch} kept, not promoted")
+        return
+    print(f"promoted into main as {result.tag} (attempt {result.promote_attempts})")
+    if result.published is not None:
+        _print_published(result.published)
 
 
 def _reset(args: argparse.Namespace) -> int:
@@ -205,7 +233,7 @@ def _backfill(args: argparse.Namespace) -> int:
                       max_reject_ratio=args.max_reject_ratio,
                       promote_to_main=not args.no_promote,
                       dbt_node_tasks=not args.plain_dbt)
-    print(result)
+    _print_run(result)
     return 0
 
 
@@ -233,7 +261,7 @@ def _apply_automations(args: argparse.Namespace) -> int:
 def _ingest_day(args: argparse.Namespace) -> int:
     from flows.ingest_day import ingest_day
 
-    print(ingest_day(day=args.day, branch=args.branch))
+    _print_ingested(ingest_day(day=args.day, branch=args.branch))
     return 0
 
 

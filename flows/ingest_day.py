@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 from prefect import flow
 
 from tasks.branches import ensure_branch_task
+from tasks.days import DayRange
 from tasks.fanout import run_name
-from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
+from tasks.ingest import ingest_profile_task, ingest_window_task
 from tasks.profile import current_profile
+from tasks.results import IngestResult
 from tasks.runtime import current_run_id, require_source, run_branch_name
-from tasks.settings import load_lakehouse_settings
 
 
 @flow(name="ingest_day", flow_run_name=run_name("ingest {day}"))
@@ -20,7 +21,7 @@ def ingest_day(
     branch: str | None = None,
     site_block: str | None = None,
     max_reject_ratio: float = 0.05,
-) -> dict[str, object]:
+) -> IngestResult:
     """Ingest UTC ``day`` of one site onto ``branch`` (created from main if missing).
 
     Args:
@@ -33,11 +34,9 @@ def ingest_day(
     run_id = current_run_id()
     lakehouse = current_profile().lakehouse
     branch = ensure_branch_task(lakehouse.branches, branch or run_branch_name("ingest", run_id))
-    override = load_lakehouse_settings().timezone_override
-    timezone = ingest_profile_task(lakehouse, source, branch, run_id, override)
-    start = utc_midnight(day)
-    report = ingest_window_task(lakehouse, source, branch, start, start + timedelta(days=1),
-                                timezone, run_id, max_reject_ratio)
-    return {"branch": branch, "run_id": run_id, "site_id": source.site_id,
-            "timezone": timezone, "committed": report.committed,
-            "tables": {k: vars(v) for k, v in report.tables.items()}}
+    timezone = ingest_profile_task(lakehouse, source, branch, run_id)
+    report = ingest_window_task(lakehouse, source, branch, DayRange.one(day), timezone, run_id,
+                                max_reject_ratio)
+    return IngestResult(branch=branch, run_id=run_id, sites=[source.site_id],
+                        timezones={source.site_id: timezone}, windows=1, resumed=0,
+                        tables=report.tables)

@@ -8,13 +8,14 @@ machines. It writes under the parent's run id, so the branch's ingest log reads 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from datetime import date, timedelta
+from datetime import date
 
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 
+from tasks.days import DayRange
 from tasks.fanout import run_name
-from tasks.ingest import ingest_window_task, utc_midnight
+from tasks.ingest import WindowReport, ingest_window_task
 from tasks.profile import current_profile
 from tasks.runtime import require_source
 
@@ -29,7 +30,7 @@ def ingest_window(
     site_block: str | None = None,
     max_reject_ratio: float = 0.05,
     source_limit: str | None = None,
-) -> dict[str, object]:
+) -> WindowReport:
     """Ingest the inclusive UTC days ``[start, end]`` of one site onto ``branch``.
 
     Args:
@@ -47,8 +48,5 @@ def ingest_window(
     # strict: a missing limit is an error, never unlimited
     slot = concurrency(source_limit, occupy=1, strict=True) if source_limit else nullcontext()
     with slot:
-        report = ingest_window_task(current_profile().lakehouse, source, branch,
-                                    utc_midnight(start),
-                                    utc_midnight(end + timedelta(days=1)), timezone, run_id,
-                                    max_reject_ratio)
-    return {"site_id": source.site_id, "branch": branch, "committed": report.committed}
+        return ingest_window_task(current_profile().lakehouse, source, branch,
+                                  DayRange(start, end), timezone, run_id, max_reject_ratio)

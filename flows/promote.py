@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from tasks.branches import MAIN
 from tasks.profile import current_profile
+from tasks.results import PromoteResult
 
 
 def promoted_tag(branch: str, taken: set[str]) -> str:
@@ -21,7 +22,7 @@ def promoted_tag(branch: str, taken: set[str]) -> str:
 
 @flow(name="promote", flow_run_name="promote {branch}")
 def promote(branch: str, expected_main_hash: str | None = None,
-            delete_branch: bool = True) -> dict[str, object]:
+            delete_branch: bool = True) -> PromoteResult:
     """Merge ``branch`` into main atomically, tag the result, delete the branch.
 
     Args:
@@ -39,5 +40,5 @@ def promote(branch: str, expected_main_hash: str | None = None,
         branches.delete_branch(branch)
     logger.info("promoted %s into main: %d tables moved, main %s → %s, tagged %s",
                 branch, len(result.tables), result.hash_before, result.hash_after, tag.name)
-    return {"branch": branch, "tag": tag.name, "tables": result.tables,
-            "main_before": result.hash_before, "main_after": result.hash_after}
+    return PromoteResult(branch=branch, tag=tag.name, tables=list(result.tables),
+                         main_before=result.hash_before, main_after=result.hash_after)

@@ -8,6 +8,7 @@ from tasks.charts import render_charts_task
 from tasks.lakehouse import read_table
 from tasks.profile import current_profile
 from tasks.publish import publish_marts_task
+from tasks.results import PublishResult
 from tasks.runtime import current_run_id
 from tasks.settings import load_lakehouse_settings
 
@@ -16,7 +17,7 @@ MARTS = ("mrt_daily_glycaemia", "mrt_agp_hourly", "mrt_agp_hourly_14d", "mrt_qua
 
 @flow(name="publish", flow_run_name="publish {ref}")
 def publish(ref: str = "main", marts_block: str | None = None,
-            charts: bool = True) -> dict[str, object]:
+            charts: bool = True) -> PublishResult:
     """Replace every mart in the marts database with its state at ``ref``, atomically.
 
     Args:
@@ -37,5 +38,5 @@ def publish(ref: str = "main", marts_block: str | None = None,
         sets = render_charts_task(marts["mrt_agp_hourly"], marts["mrt_daily_glycaemia"], out_dir)
         pictures = [str(s.report_html) for s in sets]
     get_run_logger().info("published %d marts from %s@%s", len(marts), ref, info.hash)
-    return {"ref": ref, "hash": info.hash, "rows": {k: v.height for k, v in marts.items()},
-            "database": report.database, "reports": pictures}
+    return PublishResult(ref=ref, hash=info.hash, rows={k: v.height for k, v in marts.items()},
+                         database=report.database, reports=pictures)

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.branches import BranchCatalog
 from tasks.errors import ValidationFailed
 from tasks.profile import current_profile
+from tasks.results import ValidationResult
 from tasks.settings import load_lakehouse_settings
 from tasks.validation import Check, check_dbt_results, check_marts, reconcile_raw, render_markdown
 
@@ -35,7 +36,7 @@ def _artifact_key(branch: str) -> str:
 
 
 @flow(name="validate", flow_run_name="validate {branch}")
-def validate(branch: str) -> dict[str, object]:
+def validate(branch: str) -> ValidationResult:
     """Run every audit check on ``branch``; raise ``ValidationFailed`` if any fails.
 
     The branch is never changed or deleted here: on failure it is kept for inspection.
@@ -57,4 +58,4 @@ def validate(branch: str) -> dict[str, object]:
             + "; ".join(f"{c.name} ({c.figure}) {c.detail}".strip() for c in failed)
             + ". Nothing was promoted; inspect the branch, then re-run validate or discard it."
         )
-    return {"branch": branch, "main_hash": main_hash, "checks": len(checks)}
+    return ValidationResult(branch=branch, main_hash=main_hash, checks=checks)

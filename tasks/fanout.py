@@ -15,25 +15,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
+from pyiceberg.catalog import Catalog
 
 from tasks.branches import MAIN, BranchCatalog, ensure_branch_task
+from tasks.days import DayRange
 from tasks.errors import CascadeError, ConfigError
-from tasks.ingest import ingest_profile_task, ingest_window_task, utc_midnight
+from tasks.ingest import ingest_profile_task, ingest_window_task, site_timezone
 from tasks.mapping import bounded_submit
 from tasks.partitions import Partition, finished, ingest_totals, plan_partitions
-from tasks.profile import Lakehouse, current_profile
+from tasks.profile import Lakehouse
+from tasks.results import IngestResult
 from tasks.runtime import current_run_id, require_source, run_branch_name
-from tasks.settings import NightscoutSettings, load_lakehouse_settings
+from tasks.settings import NightscoutSettings
 
-__all__ = ["INGEST_WINDOW_DEPLOYMENT", "MAX_CONCURRENCY", "FanOut", "IngestPlan", "Site",
-           "choose_sites", "ingest_partitions", "run_name"]
+__all__ = ["INGEST_WINDOW_DEPLOYMENT", "MAX_CONCURRENCY", "DailyDay", "FanOut", "IngestPlan",
+           "Site", "choose_sites", "daily_days", "ingest_partitions", "run_name"]
 
 MAX_CONCURRENCY = 16
 INGEST_WINDOW_DEPLOYMENT = "ingest_window/cascade-ingest-window"
@@ -54,10 +58,10 @@ class Site:
 
 @dataclass(frozen=True)
 class IngestPlan:
-    """What a parent ingests: each site's inclusive UTC day range, and how."""
+    """What a parent ingests: each site's UTC days, and how."""
 
     kind: str
-    ranges: dict[str, tuple[date, date]]
+    ranges: dict[str, DayRange]
     chunk_days: int
     max_concurrency: int
     max_reject_ratio: float
@@ -74,6 +78,31 @@ def choose_sites(site_block: str | None, sites: list[str] | None) -> list[Site]:
         raise ConfigError(f"site id(s) {', '.join(repeated)} named by more than one block: "
                           "give every nightscout-site block its own site_id")
     return chosen
+
+
+@dataclass(frozen=True)
+class DailyDay:
+    """The local day a ``daily`` run covers for one site, and the UTC days around it."""
+
+    local_day: date
+    timezone: str
+    utc_days: DayRange
+
+
+def daily_days(main: Catalog, sites: list[Site], day: date | None) -> dict[str, DailyDay]:
+    """Each site's local day for ``daily`` (default yesterday in its timezone) and the UTC
+    days to (re-)ingest for it: a local day spans two UTC days, so the day before and the
+    day after (up to today) are read too."""
+    today = datetime.now(UTC).date()
+    out: dict[str, DailyDay] = {}
+    for site in sites:
+        timezone = site_timezone(main, site.source)
+        local = day or datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+        utc_days = DayRange(local - timedelta(days=1), min(local + timedelta(days=1), today))
+        out[site.site_id] = DailyDay(local, timezone, utc_days)
+        get_run_logger().info("daily %s site=%s (%s): UTC days %s", local, site.site_id,
+                              timezone, utc_days)
+    return out
 
 
 def run_name(template: str) -> Callable[[], str]:
@@ -107,18 +136,16 @@ def _run_branch(branches: BranchCatalog, kind: str, run_id: str) -> str:
     return run_branch_name(kind, run_id)
 
 
-def ingest_partitions(sites: list[Site], plan: IngestPlan,
-                      branch: str | None) -> dict[str, object]:
+def ingest_partitions(lakehouse: Lakehouse, sites: list[Site], plan: IngestPlan,
+                      branch: str | None) -> IngestResult:
     """Every partition of ``plan`` on ``branch`` (default this run's), skipping those the
     branch already holds; raises, branch kept, when any partition fails."""
     logger = get_run_logger()
     run_id = current_run_id()
-    lakehouse = current_profile().lakehouse
     branches = lakehouse.branches
     branch = ensure_branch_task(branches, branch or _run_branch(branches, plan.kind, run_id))
-    override = load_lakehouse_settings().timezone_override
     by_id = {s.site_id: s for s in sites}
-    timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id, override)
+    timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id)
                  for s in sites}
     partitions = plan_partitions(plan.ranges, plan.chunk_days)
     done = finished(branches.catalog(branch), branches.catalog(MAIN), partitions)
@@ -130,19 +157,17 @@ def ingest_partitions(sites: list[Site], plan: IngestPlan,
     submit = _submitter(lakehouse, plan, branch, run_id, by_id, timezones, limit)
     failures = _gather(submit, todo, limit, len(done), len(partitions),
                        f"{plan.kind} on {branch}")
-    totals = ingest_totals(branches.catalog(branch), partitions)
-    committed = sum(t["committed"] for t in totals.values())
+    result = IngestResult(branch=branch, run_id=run_id, sites=sorted(by_id),
+                          timezones=timezones, windows=len(partitions), resumed=len(done),
+                          tables=ingest_totals(branches.catalog(branch), partitions))
     logger.info("%s: %d partitions (%d skipped), %d rows on %s, %d failed", plan.kind,
-                len(partitions), len(done), committed, branch, len(failures))
+                len(partitions), len(done), result.committed, branch, len(failures))
     if failures:
         raise CascadeError(
             f"{plan.kind}: {len(failures)} of {len(todo)} partitions failed; branch {branch} "
             "kept, nothing promoted (retry the run to redo only those): " + " | ".join(failures)
         )
-    return {"branch": branch, "run_id": run_id, "site_id": sites[0].site_id,
-            "sites": sorted(by_id), "timezone": timezones[sites[0].site_id],
-            "timezones": timezones, "windows": len(partitions), "resumed": len(done),
-            "committed": committed, "tables": totals}
+    return result
 
 
 def _gather(submit: Callable[[Partition], PrefectFuture[Any]], todo: list[Partition],
@@ -165,8 +190,8 @@ def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,
     if plan.fan_out == "tasks":
         def as_task(part: Partition) -> PrefectFuture[Any]:
             return ingest_window_task.submit(
-                lakehouse, sites[part.site_id].source, branch, utc_midnight(part.start),
-                utc_midnight(part.end), timezones[part.site_id], run_id,
+                lakehouse, sites[part.site_id].source, branch, part.days,
+                timezones[part.site_id], run_id,
                 plan.max_reject_ratio)
         return as_task
     if plan.fan_out != "deployments":
@@ -177,8 +202,8 @@ def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,
     job_variables = dict(flow_run.job_variables or {})
 
     def as_deployment(part: Partition) -> PrefectFuture[Any]:
-        params: dict[str, object] = {"branch": branch, "start": part.start.isoformat(),
-                  "end": (part.end - timedelta(days=1)).isoformat(),
+        params: dict[str, object] = {"branch": branch, "start": part.days.first.isoformat(),
+                  "end": part.days.last.isoformat(),
                   "timezone": timezones[part.site_id], "run_id": run_id,
                   "site_block": sites[part.site_id].block,
                   "max_reject_ratio": plan.max_reject_ratio,

@@ -16,16 +16,20 @@ from typing import Final
 
 import polars as pl
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import And, In, Reference
+from pyiceberg.expressions import And, EqualTo, In, Reference
 from pyiceberg.expressions.literals import literal
 
 from tasks.contracts import check, enforce_reject_ratio
+from tasks.days import DayRange
 from tasks.errors import CascadeError, ContractError, ServiceUnavailable, unreachable
 from tasks.faults import fault_point
-from tasks.lakehouse import replace_rows, site_window
+from tasks.lakehouse import read_table, replace_rows, site_window
 from tasks.nightscout import COLLECTIONS, NightscoutClient
+from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, profile_timezone, shape
 from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA, RAW_TABLES, RawTable, raw_layout
+
+PROFILE_TABLE: Final = RAW_TABLES["profile"].identifier
 
 __all__ = [
     "WINDOW_TABLES",
@@ -34,6 +38,7 @@ __all__ = [
     "ingest_profiles",
     "ingest_window",
     "resolve_timezone",
+    "site_timezone",
 ]
 
 logger = logging.getLogger("cascade.ingest")
@@ -239,9 +244,18 @@ def resolve_timezone(override: str | None, profiles: pl.DataFrame) -> str:
     return "UTC"
 
 
-def utc_midnight(day: date) -> datetime:
-    """00:00 UTC of ``day``."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def site_timezone(main: Catalog, source: NightscoutSettings) -> str:
+    """The site's configured timezone (``CASCADE_TIMEZONE`` or its block's), else the one
+    ``main``'s profile table knows for the site; UTC until a profile says more."""
+    return source.timezone or _profile_timezone_on(main, source.site_id) or "UTC"
+
+
+def _profile_timezone_on(catalog: Catalog, site_id: str) -> str | None:
+    """The site's timezone as a ref's profile table knows it (None before the first run)."""
+    if not catalog.table_exists(PROFILE_TABLE):
+        return None
+    site = EqualTo(term=Reference("site_id"), value=literal(site_id))
+    return profile_timezone(read_table(catalog, PROFILE_TABLE, site))
 
 
 # ----------------------------------------------------------------------- Prefect wrappers
@@ -253,7 +267,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.profile import Lakehouse
-from tasks.settings import NightscoutSettings
 
 
 @contextmanager
@@ -280,10 +293,16 @@ def _context(source: NightscoutSettings, timezone: str, start: datetime, end: da
     return ShapeContext(source.site_id, timezone, start, end, run_id, datetime.now(UTC))
 
 
+def window_context(source: NightscoutSettings, timezone: str, days: DayRange,
+                   run_id: str) -> ShapeContext:
+    """The shaping context of a window: the days' half-open UTC bounds."""
+    return _context(source, timezone, *days.utc_bounds(), run_id)
+
+
 @task(name="ingest-profile", retries=2, retry_delay_seconds=[2, 10],
       task_run_name="profile site={source.site_id}", cache_policy=NO_CACHE)
 def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
-                        run_id: str, timezone_override: str | None = None) -> str:
+                        run_id: str) -> str:
     """Replace the site's profiles on ``branch``; return the site's timezone."""
     now = datetime.now(UTC)
     with _lakehouse_reachable(lakehouse, f"profiles site={source.site_id}"):
@@ -291,7 +310,7 @@ def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch
         with NightscoutClient(source) as client:
             profiles = ingest_profiles(client, catalog,
                                        _context(source, "UTC", now, now, run_id))
-    timezone = resolve_timezone(timezone_override or source.timezone, profiles)
+    timezone = resolve_timezone(source.timezone, profiles)
     get_run_logger().info("site=%s: %d profile(s), timezone %s", source.site_id,
                           profiles.height, timezone)
     return timezone
@@ -299,18 +318,17 @@ def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch
 
 @task(name="ingest-window", retries=2, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=lambda task, run, state: _retryable(state),
-      task_run_name="ingest {start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}",
-      cache_policy=NO_CACHE)
+      task_run_name="ingest {days} site={source.site_id}", cache_policy=NO_CACHE)
 def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
-                       start: datetime, end: datetime, timezone: str, run_id: str,
+                       days: DayRange, timezone: str, run_id: str,
                        max_reject_ratio: float = 0.05) -> WindowReport:
-    """Fetch, shape, check and commit one window of one site onto ``branch``."""
-    what = f"{start:%Y-%m-%d}..{end:%Y-%m-%d} site={source.site_id}"
+    """Fetch, shape, check and commit one window (UTC ``days``) of one site onto ``branch``."""
+    what = f"{days} site={source.site_id}"
     with _lakehouse_reachable(lakehouse, what):
         catalog = lakehouse.branches.catalog(branch)
         with NightscoutClient(source) as client:
             report = ingest_window(client, catalog,
-                                   _context(source, timezone, start, end, run_id),
+                                   window_context(source, timezone, days, run_id),
                                    max_reject_ratio)
     get_run_logger().info("%s → %s", report.line(), branch)
     return report

@@ -15,15 +15,15 @@ nothing is finished and everything is ingested.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
 
 import polars as pl
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThan, Reference
 from pyiceberg.expressions.literals import literal
 
+from tasks.days import DayRange
+from tasks.ingest import TableCounts
 from tasks.lakehouse import read_table
-from tasks.runtime import day_windows
 from tasks.tables import INGEST_LOG_TABLE
 
 __all__ = [
@@ -38,24 +38,20 @@ _COUNTS = ("n_fetched", "n_duplicates", "n_rejected", "n_committed")
 
 @dataclass(frozen=True)
 class Partition:
-    """Days ``[start, end)`` of one site."""
+    """Some UTC days of one site."""
 
     site_id: str
-    start: date
-    end: date
-
-    def days(self) -> list[date]:
-        return [self.start + timedelta(days=i) for i in range((self.end - self.start).days)]
+    days: DayRange
 
     def label(self) -> str:
-        return f"{self.start}..{self.end - timedelta(days=1)} site={self.site_id}"
+        return f"{self.days} site={self.site_id}"
 
 
-def plan_partitions(ranges: dict[str, tuple[date, date]], chunk_days: int) -> list[Partition]:
-    """Each site's inclusive day range cut into chunks, interleaved across sites so a
-    bounded fan-out spreads its load over every site's Nightscout."""
-    per_site = [[Partition(site, lo, hi) for lo, hi in day_windows(start, end, chunk_days)]
-                for site, (start, end) in ranges.items()]
+def plan_partitions(ranges: dict[str, DayRange], chunk_days: int) -> list[Partition]:
+    """Each site's day range cut into chunks, interleaved across sites so a bounded
+    fan-out spreads its load over every site's Nightscout."""
+    per_site = [[Partition(site, chunk) for chunk in days.chunks(chunk_days)]
+                for site, days in ranges.items()]
     out: list[Partition] = []
     for i in range(max((len(p) for p in per_site), default=0)):
         out.extend(p[i] for p in per_site if i < len(p))
@@ -69,7 +65,7 @@ def _log(catalog: Catalog, partitions: list[Partition]) -> pl.DataFrame:
         return pl.DataFrame(schema={"site_id": pl.String(), "window_date": pl.Date(),
                                     "ingest_run_id": pl.String(), "table_name": pl.String(),
                                     **dict.fromkeys(_COUNTS, pl.Int64())})
-    start, end = min(p.start for p in partitions), max(p.end for p in partitions)
+    start, end = min(p.days.first for p in partitions), max(p.days.stop for p in partitions)
     where = And(In(term=Reference("site_id"), values={literal(s) for s in sites}),
                 And(GreaterThanOrEqual(term=Reference("window_date"),
                                        value=literal(start.isoformat())),
@@ -87,18 +83,18 @@ def finished(branch: Catalog, main: Catalog, partitions: list[Partition]) -> set
     fresh = ours.join(theirs, on=keys, how="anti").select("site_id", "window_date").unique()
     logged = set(zip(fresh.get_column("site_id").to_list(),
                      fresh.get_column("window_date").to_list(), strict=True))
-    return {p for p in partitions if all((p.site_id, d) in logged for d in p.days())}
+    return {p for p in partitions if all((p.site_id, d) in logged for d in p.days)}
 
 
-def ingest_totals(branch: Catalog, partitions: list[Partition]) -> dict[str, dict[str, int]]:
+def ingest_totals(branch: Catalog, partitions: list[Partition]) -> dict[str, TableCounts]:
     """Fetched, duplicate, rejected and committed rows per raw table over ``partitions``,
     from the branch's ingest log (whichever run wrote each day)."""
     if not partitions:
         return {}
-    wanted = pl.DataFrame([(p.site_id, d) for p in partitions for d in p.days()],
+    wanted = pl.DataFrame([(p.site_id, d) for p in partitions for d in p.days],
                           schema={"site_id": pl.String(), "window_date": pl.Date()},
                           orient="row")
     log = _log(branch, partitions).join(wanted, on=["site_id", "window_date"], how="semi")
     sums = log.group_by("table_name").agg(pl.col(c).sum() for c in _COUNTS).sort("table_name")
-    return {row["table_name"]: {c.removeprefix("n_"): int(row[c]) for c in _COUNTS}
+    return {row["table_name"]: TableCounts(**{c.removeprefix("n_"): int(row[c]) for c in _COUNTS})
             for row in sums.iter_rows(named=True)}

@@ -6,12 +6,12 @@ The profile (lakehouse, marts database) is decided in ``tasks.profile``.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 from tasks.errors import ConfigError
 from tasks.settings import NightscoutSettings, load_nightscout_settings
 
-__all__ = ["current_run_id", "day_windows", "require_source", "run_branch_name"]
+__all__ = ["current_run_id", "require_source", "run_branch_name"]
 
 
 def require_source(url: str | None = None, block_name: str | None = None) -> NightscoutSettings:
@@ -38,17 +38,3 @@ def run_branch_name(kind: str, run_id: str) -> str:
     """A branch name for one run: ``run-<kind>-<utc timestamp>-<run id>``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     return f"run-{kind}-{stamp}-{run_id}"
-
-
-def day_windows(start: date, end: date, chunk_days: int) -> list[tuple[date, date]]:
-    """Split the inclusive day range ``[start, end]`` into ``[lo, hi)`` chunks."""
-    if end < start:
-        raise ConfigError(f"backfill end {end} is before start {start}")
-    if chunk_days < 1:
-        raise ConfigError(f"chunk_days must be at least 1, got {chunk_days}")
-    out, lo, stop = [], start, end + timedelta(days=1)
-    while lo < stop:
-        hi = min(lo + timedelta(days=chunk_days), stop)
-        out.append((lo, hi))
-        lo = hi
-    return out

@@ -86,7 +86,6 @@ class LakehouseSettings:
     """Where the embedded lakehouse lives."""
 
     home: Path
-    timezone_override: str | None = None
 
     @property
     def catalog_path(self) -> Path:
@@ -154,12 +153,9 @@ def load_nightscout_settings(
 
 
 def load_lakehouse_settings(home: str | Path | None = None) -> LakehouseSettings:
-    """Resolve the embedded lakehouse root and timezone override from the environment."""
+    """Resolve the embedded lakehouse root from the environment."""
     root = Path(home or _env("CASCADE_HOME") or Path.cwd() / ".cascade").expanduser()
-    override = _env("CASCADE_TIMEZONE")
-    if override is not None:
-        validate_timezone(override)
-    return LakehouseSettings(home=root.resolve(), timezone_override=override)
+    return LakehouseSettings(home=root.resolve())
 
 
 @dataclass(frozen=True)

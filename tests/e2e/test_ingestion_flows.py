@@ -27,16 +27,16 @@ def test_concurrent_backfill_of_30_days_loses_no_rows(site_env: SimulatorServer)
     start, end = date(2024, 2, 1), date(2024, 3, 1)
     result = backfill(start=start, end=end, chunk_days=3, max_concurrency=4,
                       promote_to_main=False)
-    branch = str(result["branch"])
+    branch = result.branch
     for table in ("entries", "treatments", "devicestatus"):
         served = expected_records(SITE, start, end + timedelta(days=1), table)
         landed = _raw(branch, table)
         id_col = {"entries": "entry_id", "treatments": "treatment_id",
                   "devicestatus": "devicestatus_id"}[table]
-        counts = result["tables"][table]  # type: ignore[index]
-        assert landed.height == counts["committed"] > 0
+        counts = result.ingest.tables[table]
+        assert landed.height == counts.committed > 0
         assert landed.get_column(id_col).n_unique() == landed.height  # no duplicates
-        assert counts["committed"] + counts["duplicates"] + counts["rejected"] == len(served)
+        assert counts.committed + counts.duplicates + counts.rejected == len(served)
         assert set(landed.get_column(id_col)) <= {d["_id"] for d in served}
     log = read_table(embedded_lakehouse().branches.catalog(branch), "audit.ingest_log")
     assert log.filter(pl.col("table_name") == "entries").height == 30  # one row per UTC day
@@ -47,7 +47,7 @@ def test_backfill_leaves_main_untouched(site_env: SimulatorServer) -> None:
     before = branches.ref("main").hash
     result = backfill(start=date(2024, 3, 1), end=date(2024, 3, 2), promote_to_main=False)
     assert branches.ref("main").hash == before
-    assert "raw.entries" in [c.table for c in branches.diff(str(result["branch"]))]
+    assert "raw.entries" in [c.table for c in branches.diff(result.branch)]
 
 
 def test_reingest_of_a_day_leaves_row_counts_unchanged(site_env: SimulatorServer) -> None:
@@ -55,8 +55,8 @@ def test_reingest_of_a_day_leaves_row_counts_unchanged(site_env: SimulatorServer
     counts = {t: _raw("dev", t).height for t in ("entries", "treatments", "devicestatus")}
     second = ingest_day(day=date(2024, 3, 5), branch="dev")
     again = {t: _raw("dev", t).height for t in ("entries", "treatments", "devicestatus")}
-    assert counts == again and counts["entries"] == first["tables"]["entries"]["committed"]  # type: ignore[index]
-    assert second["committed"] == first["committed"]
+    assert counts == again and counts["entries"] == first.tables["entries"].committed
+    assert second.committed == first.committed
 
 
 def test_reingest_replaces_only_its_own_day(site_env: SimulatorServer) -> None:
@@ -92,7 +92,7 @@ def test_html_error_page_fails_clearly(site_env: SimulatorServer) -> None:
 def test_transient_server_errors_are_retried(site_env: SimulatorServer) -> None:
     site_env.inject(503, path="/api/v1/entries", times=2)
     result = ingest_day(day=date(2024, 3, 8), branch="dev")
-    assert result["tables"]["entries"]["committed"] > 250  # type: ignore[index]
+    assert result.tables["entries"].committed > 250
 
 
 def test_wrong_secret_fails_fast(site_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:

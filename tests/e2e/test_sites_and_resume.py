@@ -79,11 +79,11 @@ def test_failed_backfill_resumes_on_its_branch_and_lands_every_site(
     a_before = _entries_requests(two_sites, "clinic-a")
     result = backfill(start=START, end=END, sites=site_blocks, branch=kept, chunk_days=1,
                       max_concurrency=4, dbt_node_tasks=False)
-    assert result["resumed"] == 3 and result["windows"] == 6
+    assert result.ingest.resumed == 3 and result.ingest.windows == 6
     assert _entries_requests(two_sites, "clinic-a") == a_before  # a was not fetched again
-    assert result["sites"] == ["clinic-a", "clinic-b"]
-    assert result["timezones"] == {"clinic-a": "Europe/London",
-                                   "clinic-b": "America/New_York"}
+    assert result.ingest.sites == ["clinic-a", "clinic-b"]
+    assert result.ingest.timezones == {"clinic-a": "Europe/London",
+                                       "clinic-b": "America/New_York"}
 
     main = branches.catalog("main")
     entries = read_table(main, "raw.entries")
@@ -95,9 +95,7 @@ def test_failed_backfill_resumes_on_its_branch_and_lands_every_site(
     assert rows["clinic-a"]["runs"] == first_run  # landed by the first attempt, kept
     assert rows["clinic-b"]["runs"] != first_run  # landed by the resumed run
     assert entries.unique(["site_id", "entry_id"]).height == entries.height  # no duplicate
-    tables = result["tables"]
-    assert isinstance(tables, dict)
-    assert tables["entries"]["committed"] == entries.height
+    assert result.ingest.tables["entries"].committed == entries.height
 
     with sqlite3.connect(load_lakehouse_settings().marts_path) as db:
         by_site = dict(db.execute("select site_id, count(*) from mrt_daily_glycaemia "
@@ -115,7 +113,7 @@ def test_run_names_say_what_and_which_sites(
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             name=FlowRunFilterName(any_=[expected])))
     assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_completed()
-    assert result["windows"] == 2
+    assert result.ingest.windows == 2
 
 
 def test_a_retried_run_finds_the_branch_its_first_attempt_left(cascade_home: object) -> None:

@@ -30,7 +30,7 @@ def _marts_db() -> sqlite3.Connection:
 def test_chain_promotes_publishes_and_keeps_history(site_env: SimulatorServer) -> None:
     branches = embedded_lakehouse().branches
     first = backfill(start=date(2024, 3, 1), end=date(2024, 3, 3), chunk_days=2)
-    tag_one = str(first["tag"])
+    tag_one = str(first.tag)
     assert branches.ref(tag_one).hash == branches.ref("main").hash
     assert [r.name for r in branches.list_refs() if r.kind == "branch"] == ["main"]
     with _marts_db() as db:
@@ -48,7 +48,7 @@ def test_chain_promotes_publishes_and_keeps_history(site_env: SimulatorServer) -
     daily_main = read_table(main, "marts.mrt_daily_glycaemia")
     daily_tag = read_table(before, "marts.mrt_daily_glycaemia")
     assert daily_main.height > daily_tag.height
-    assert str(second["tag"]) != tag_one
+    assert second.tag is not None and second.tag != tag_one
     with _marts_db() as db:
         assert db.execute("select count(*) from mrt_daily_glycaemia").fetchone()[0] \
             == daily_main.height
@@ -64,7 +64,7 @@ def test_chain_promotes_publishes_and_keeps_history(site_env: SimulatorServer) -
 
 def test_daily_runs_the_chain_for_a_local_day(site_env: SimulatorServer) -> None:
     result = daily(day=date(2024, 4, 5))
-    assert result["day"] == "2024-04-05"
+    assert result.days == {"a": date(2024, 4, 5)}
     daily_mart = read_table(embedded_lakehouse().branches.catalog("main"),
                             "marts.mrt_daily_glycaemia")
     row = daily_mart.filter(pl.col("local_date") == date(2024, 4, 5)).row(0, named=True)
@@ -77,7 +77,7 @@ def test_failing_validation_leaves_main_untouched_and_branch_kept(
 ) -> None:
     branches = embedded_lakehouse().branches
     result = backfill(start=date(2024, 3, 10), end=date(2024, 3, 11), promote_to_main=False)
-    branch = str(result["branch"])
+    branch = result.branch
     # lose a day's rows on the branch behind ingestion's back: reconciliation must catch it
     table = branches.catalog(branch).load_table("raw.entries")
     table.delete(EqualTo("site_id", "a"))
@@ -92,9 +92,9 @@ def test_failing_validation_leaves_main_untouched_and_branch_kept(
 def test_promote_refuses_when_main_moved_since_validation(site_env: SimulatorServer) -> None:
     branches = embedded_lakehouse().branches
     one = str(backfill(start=date(2024, 3, 12), end=date(2024, 3, 12),
-                       promote_to_main=False)["branch"])
+                       promote_to_main=False).branch)
     two = str(backfill(start=date(2024, 3, 13), end=date(2024, 3, 13),
-                       promote_to_main=False)["branch"])
+                       promote_to_main=False).branch)
     seen = branches.ref("main").hash
     promote(one, expected_main_hash=seen)
     after_one = branches.ref("main").hash

@@ -96,12 +96,12 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
 
     new = [c for c in branches.history("main", limit=500) if c["hash"] not in seen]
     assert len(new) == 1, "a run lands on main as exactly one (merge) commit"
-    assert str(first["branch"]) in str(new[0]["message"])
-    assert branches.ref(str(first["tag"])).kind == "tag"
-    assert branches.ref(str(first["tag"])).hash == branches.ref("main").hash == new[0]["hash"]
-    assert str(first["branch"]) not in {r.name for r in branches.list_refs()}
+    assert first.branch in str(new[0]["message"])
+    assert branches.ref(str(first.tag)).kind == "tag"
+    assert branches.ref(str(first.tag)).hash == branches.ref("main").hash == new[0]["hash"]
+    assert first.branch not in {r.name for r in branches.list_refs()}
 
-    entries_first = int(first["tables"]["entries"]["committed"])  # type: ignore[index]
+    entries_first = first.ingest.tables["entries"].committed
     assert entries_first > 500
     assert _site_rows(None, "raw.entries", stack_site) == entries_first  # Trino on main
     days = _site_rows(None, "marts.mrt_daily_glycaemia", stack_site)
@@ -112,13 +112,13 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
     assert entries_all > entries_first
     # time travel: the tag of the first promote still reads the data as it was then,
     # through Trino (a catalog at that ref) and through PyIceberg
-    with branch_catalog(lake.settings, str(first["tag"])) as before:
+    with branch_catalog(lake.settings, str(first.tag)) as before:
         assert _site_rows(before, "raw.entries", stack_site) == entries_first
         assert _site_rows(before, "marts.mrt_daily_glycaemia", stack_site) == days
-    old = read_table(branches.catalog(str(first["tag"])), "raw.entries",
+    old = read_table(branches.catalog(str(first.tag)), "raw.entries",
                      EqualTo("site_id", stack_site))
     assert old.height == entries_first
-    assert str(second["tag"]) != str(first["tag"])
+    assert str(second.tag) != str(first.tag)
 
     # the same input through the embedded profile gives the same marts
     monkeypatch.setenv("CASCADE_PROFILE", "embedded")
@@ -137,7 +137,7 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
 def test_failing_validation_leaves_nessie_main_unchanged(stack_site: str) -> None:
     branches = stack_lakehouse().branches
     result = backfill(start=date(2024, 3, 10), end=date(2024, 3, 10), promote_to_main=False)
-    branch = str(result["branch"])
+    branch = result.branch
     try:
         # lose the site's rows on the branch behind ingestion's back
         branches.catalog(branch).load_table("raw.entries").delete(EqualTo("site_id", stack_site))
