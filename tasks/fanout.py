@@ -37,7 +37,8 @@ from tasks.runtime import current_run_id, require_source, run_branch_name
 from tasks.settings import NightscoutSettings
 
 __all__ = ["INGEST_WINDOW_DEPLOYMENT", "MAX_CONCURRENCY", "DailyDay", "FanOut", "IngestPlan",
-           "Site", "choose_sites", "daily_days", "ingest_partitions", "run_name"]
+           "Site", "choose_sites", "daily_days", "find_run_branch", "ingest_partitions",
+           "run_name"]
 
 MAX_CONCURRENCY = 16
 INGEST_WINDOW_DEPLOYMENT = "ingest_window/cascade-ingest-window"
@@ -125,7 +126,7 @@ class _Missing(dict[str, Any]):
         return "-"
 
 
-def _run_branch(branches: BranchCatalog, kind: str, run_id: str) -> str:
+def find_run_branch(branches: BranchCatalog, kind: str, run_id: str) -> str:
     """This run's branch: the one an earlier attempt of the same run left (a Prefect
     retry keeps the run id), else a new name."""
     suffix = f"-{run_id}"
@@ -143,7 +144,7 @@ def ingest_partitions(lakehouse: Lakehouse, sites: list[Site], plan: IngestPlan,
     logger = get_run_logger()
     run_id = current_run_id()
     branches = lakehouse.branches
-    branch = ensure_branch_task(branches, branch or _run_branch(branches, plan.kind, run_id))
+    branch = ensure_branch_task(branches, branch or find_run_branch(branches, plan.kind, run_id))
     by_id = {s.site_id: s for s in sites}
     timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id)
                  for s in sites}

@@ -15,7 +15,6 @@ from pydantic import SecretStr
 from blocks.nightscout import NightscoutSite
 from flows.pipeline import backfill
 from tasks.errors import CascadeError
-from tasks.fanout import _run_branch
 from tasks.lakehouse import read_table
 from tasks.profile import embedded_lakehouse
 from tasks.settings import load_lakehouse_settings
@@ -114,16 +113,6 @@ def test_run_names_say_what_and_which_sites(
             name=FlowRunFilterName(any_=[expected])))
     assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_completed()
     assert result.ingest.windows == 2
-
-
-def test_a_retried_run_finds_the_branch_its_first_attempt_left(cascade_home: object) -> None:
-    branches = embedded_lakehouse().branches
-    branches.create_branch("run-backfill-20240101000000-abcd1234")
-    branches.create_branch("run-daily-20240101000000-abcd1234")
-    assert _run_branch("backfill", "abcd1234") == "run-backfill-20240101000000-abcd1234"
-    fresh = _run_branch("backfill", "ffff0000")
-    assert fresh.startswith("run-backfill-") and fresh.endswith("-ffff0000")
-    assert not any(r.name == fresh for r in branches.list_refs())
 
 
 def test_two_blocks_naming_one_site_id_are_refused(
