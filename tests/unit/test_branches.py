@@ -71,6 +71,38 @@ def test_merge_refuses_when_main_moved_under_a_changed_table(
     assert _values(branches, "main", "b") == [1]  # nothing of the branch landed
 
 
+def _create(branches: EmbeddedBranchCatalog, ref: str, table: str, value: int) -> None:
+    created = branches.catalog(ref).create_table(f"raw.{table}",
+                                                 schema=pa.schema([("v", pa.int64())]))
+    created.append(pa.table({"v": [value]}))
+
+
+def test_merge_refuses_a_table_both_sides_created_after_the_fork(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    branches.create_branch("dev")
+    _create(branches, "main", "c", 10)  # main gets raw.c after the fork...
+    _create(branches, "dev", "c", 20)  # ...and the branch makes its own raw.c
+    before = branches.ref("main").hash
+    with pytest.raises(BranchConflict) as refused:
+        branches.merge("dev")  # no expected hash: the CLI's and the deployment's promote
+    assert refused.value.tables == ["raw.c"]
+    assert _values(branches, "main", "c") == [10]  # main's table is not overwritten
+    assert branches.ref("main").hash == before
+
+
+def test_merge_keeps_a_table_main_created_after_the_fork(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    branches.create_branch("dev")
+    _create(branches, "main", "c", 10)
+    _append(branches, "dev", "a", 2)
+    result = branches.merge("dev")
+    assert result.tables == ["raw.a"]
+    assert _values(branches, "main", "c") == [10]
+    assert _values(branches, "main", "a") == [1, 2]
+
+
 def test_merge_allows_disjoint_tables(branches: EmbeddedBranchCatalog) -> None:
     branches.create_branch("one")
     branches.create_branch("two")
