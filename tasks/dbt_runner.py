@@ -37,6 +37,7 @@ __all__ = [
     "BuildReport",
     "DbtFailed",
     "dbt_environment",
+    "dbt_log_level",
     "export_models",
     "load_sources",
     "model_counts",
@@ -180,7 +181,8 @@ def _invoke_dbt(args: list[str], env: dict[str, str], in_prefect: bool) -> list[
 
         settings = PrefectDbtSettings(project_dir=Path(env["DBT_PROJECT_DIR"]),
                                       profiles_dir=Path(env["DBT_PROFILES_DIR"]),
-                                      target_path=Path(env["DBT_TARGET_PATH"]))
+                                      target_path=Path(env["DBT_TARGET_PATH"]),
+                                      log_level=dbt_log_level())
         runner = PrefectDbtRunner(settings=settings, raise_on_failure=False)
         result = runner.invoke([*args, *project])
     else:
@@ -189,6 +191,24 @@ def _invoke_dbt(args: list[str], env: dict[str, str], in_prefect: bool) -> list[
         result = dbtRunner(callbacks=_fault_callbacks()).invoke([*args, *project])
     release_duckdb()
     return _node_results(result)
+
+
+# Prefect's logging levels as dbt names them (dbt says ``warn``; it has no critical).
+_DBT_LEVELS: Final = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "WARN": "warn",
+                      "ERROR": "error", "CRITICAL": "error"}
+
+
+def dbt_log_level() -> Any:
+    """dbt's event level for Prefect's logging level (``PREFECT_LOGGING_LEVEL``).
+
+    prefect-dbt derives it by lower-casing Prefect's level, which fails for ``WARNING``
+    (a common production setting) and ``CRITICAL``; here it is mapped explicitly.
+    """
+    from dbt_common.events.base_types import EventLevel
+    from prefect.settings import get_current_settings
+
+    level = str(get_current_settings().logging.level).upper()
+    return EventLevel(_DBT_LEVELS.get(level, "info"))
 
 
 def _fault_callbacks() -> list[Any]:
