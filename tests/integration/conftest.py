@@ -56,6 +56,7 @@ def _stack_problem() -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only the stack tests that will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     stack_items = [i for i in items if i.get_closest_marker("stack")]
     if not stack_items:
