@@ -7,6 +7,8 @@ Two sites:
   minutes of 2024-04-01 local. The DST day holds LOW (39), an error code, a
   duplicate reading, a 35-minute gap and one duplicate dropped at ingest.
 - ``clinic-b``: no profile, so UTC; a Libre-like sensor every minute.
+- ``clinic-c``: no profile, so UTC; one reading exactly at and beside every consensus
+  threshold on 2024-03-31: 53, 54, 69, 70, 180, 181, 250, 251 mg/dL.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from pathlib import Path
 
 import duckdb
 
-__all__ = ["write_raw_database"]
+__all__ = ["BOUNDARY_READINGS", "write_raw_database"]
+
+# clinic-c's readings: each consensus threshold (< 54, < 70, 70-180, > 180, > 250) with the
+# value on either side of it
+BOUNDARY_READINGS = (53, 54, 69, 70, 180, 181, 250, 251)
 
 _INGESTED_AT = datetime(2024, 4, 2, 6, 0, tzinfo=UTC)
 
@@ -124,6 +130,11 @@ def _entries() -> list[tuple[object, ...]]:
         _entry(f"b-{i:02d}", "clinic-b", "libre-2",
                start + timedelta(minutes=i), 100 + 10 * i)
         for i in range(10)
+    )
+    at = _utc("2024-03-31 08:00")
+    rows.extend(
+        _entry(f"c-{i:02d}", "clinic-c", "dexcom-g7", at + timedelta(minutes=5 * i), sgv)
+        for i, sgv in enumerate(BOUNDARY_READINGS)
     )
     return rows
 

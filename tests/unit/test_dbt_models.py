@@ -144,6 +144,17 @@ def test_daily_time_in_ranges_follow_consensus_bands(built: Path) -> None:
     }
 
 
+def test_time_in_ranges_at_the_exact_thresholds(built: Path) -> None:
+    # 53 54 69 | 70 180 | 181 250 251: < 54 holds 53 only, < 70 holds 69 but not 70,
+    # 70-180 includes both ends, > 180 starts at 181, > 250 holds 251 only
+    day = _glycaemia(built, "clinic-c", _DST_DAY)
+    assert day["n_readings"] == 8
+    assert {key: day[key] for key in ("tbr_severe_pct", "tbr_pct", "tir_pct", "tar_pct",
+                                      "tar_severe_pct")} == pytest.approx(
+        {"tbr_severe_pct": 12.5, "tbr_pct": 37.5, "tir_pct": 25.0, "tar_pct": 37.5,
+         "tar_severe_pct": 12.5})
+
+
 def test_dst_day_expects_276_readings(built: Path) -> None:
     day = _quality(built, "clinic-a", _DST_DAY)
     assert (day["n_expected"], day["n_readings"]) == (276, 10)
@@ -262,6 +273,8 @@ def test_dim_device_measures_sensor_interval(built: Path) -> None:
     """)
     assert devices == [
         {"device": "dexcom-g6", "n_readings": 16, "n_error_codes": 1,
+         "sensor_interval_min": 5},
+        {"device": "dexcom-g7", "n_readings": 8, "n_error_codes": 0,
          "sensor_interval_min": 5},
         {"device": "libre-2", "n_readings": 10, "n_error_codes": 0,
          "sensor_interval_min": 1},
