@@ -117,3 +117,45 @@ def test_a_column_of_the_wrong_dtype_is_a_shaping_bug_not_bad_data() -> None:
     rows = _rows("entries", 2).with_columns(pl.col("sgv_mg_dl").cast(pl.Int64))
     with pytest.raises(ContractError, match=r"dtype\('Int32'\) on sgv_mg_dl"):
         check("entries", rows, CTX)
+
+
+# Every bound of every contract, written out by hand: the value on the bound is kept, the
+# value just past it is rejected. (The tests above compare ``check`` with pandera running the
+# same contract, so a changed bound would move both; these would not move.)
+BOUNDS: list[tuple[str, str, object, object]] = [
+    # table, column, kept, rejected
+    ("entries", "sgv_mg_dl", 1, 0),
+    ("entries", "sgv_mg_dl", 1000, 1001),
+    ("entries", "noise", 0, -1),
+    ("entries", "noise", 10, 11),
+    ("entries", "entry_type", "x" * 32, "x" * 33),
+    ("entries", "entry_type", "s", ""),
+    ("treatments", "insulin_u", 0.0, -0.01),
+    ("treatments", "insulin_u", 100.0, 100.01),
+    ("treatments", "carbs_g", 1000.0, 1000.5),
+    ("treatments", "duration_min", 20160.0, 20160.5),
+    ("treatments", "rate_u_per_h", 50.0, 50.01),
+    ("treatments", "absolute_u_per_h", 0.0, -0.01),
+    ("treatments", "glucose", 1000.0, 1000.5),
+    ("treatments", "event_type", "E" * 64, "E" * 65),
+    ("devicestatus", "uploader_battery_pct", 100.0, 100.5),
+    ("devicestatus", "pump_reservoir_u", 0.0, -0.5),
+    ("devicestatus", "iob_u", -100.0, -100.5),
+    ("devicestatus", "iob_u", 200.0, 200.5),
+    ("devicestatus", "cob_g", 2000.0, 2000.5),
+    ("profile", "dia_h", 24.0, 24.5),
+    ("profile", "timezone", "UTC", "Mars/Olympus"),
+]
+
+
+@pytest.mark.parametrize(("table", "column", "kept", "rejected"), BOUNDS,
+                         ids=[f"{t}.{c}={k!r}|{r!r}"[:60] for t, c, k, r in BOUNDS])
+def test_each_bound_keeps_its_value_and_rejects_the_next(table: str, column: str, kept: object,
+                                                         rejected: object) -> None:
+    rows = _rows(table, 2).with_columns(
+        pl.Series(column, [kept, rejected], dtype=raw_table(table).columns[column]))
+    checked = check(table, rows, CTX)
+    ids = rows.get_column(raw_table(table).id_column).to_list()
+    assert checked.valid.get_column(raw_table(table).id_column).to_list() == [ids[0]]
+    assert checked.rejects.get_column("record_id").to_list() == [ids[1]]
+    assert column in checked.rejects.get_column("reason")[0]
