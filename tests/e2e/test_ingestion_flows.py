@@ -38,6 +38,11 @@ def test_concurrent_backfill_of_30_days_loses_no_rows(site_env: SimulatorServer)
         assert landed.get_column(id_col).n_unique() == landed.height  # no duplicates
         assert counts.committed + counts.duplicates + counts.rejected == len(served)
         assert set(landed.get_column(id_col)) <= {d["_id"] for d in served}
+    # one CGM reading per device and moment: same-device, same-time copies under other ids
+    # (uploads repeated by a phone) went to audit.duplicates
+    sgv = _raw(branch, "entries").filter(pl.col("entry_type") == "sgv")
+    assert sgv.select("site_id", "device", "entry_at").is_duplicated().sum() == 0
+    assert result.ingest.tables["entries"].duplicates > 0  # the simulator serves such copies
     log = read_table(embedded_lakehouse().branches.catalog(branch), "audit.ingest_log")
     assert log.filter(pl.col("table_name") == "entries").height == 30  # one row per UTC day
 
