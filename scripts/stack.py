@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """Install, start, stop and inspect Cascade's stack natively, without Docker.
 
-    .venv/bin/python scripts/stack.py up [--only postgres,minio,nessie]
-    .venv/bin/python scripts/stack.py status [--only ...]
+    .venv/bin/python scripts/stack.py up [--with bi] [--only postgres,minio,nessie]
+    .venv/bin/python scripts/stack.py status [--with bi] [--only ...]
     .venv/bin/python scripts/stack.py down [--only ...]
     .venv/bin/python scripts/stack.py env          # prints the path of stack.env
 
 Services, in start order, each on 127.0.0.1: postgres (5432), minio (9000, console 9001),
 nessie (19120), trino (8080), prefect (server on 4200) and worker (a process worker on the
-``cascade-process`` pool). Every version is pinned in ``scripts/stack/versions.toml``.
+``cascade-process`` pool). ``--with bi`` adds superset (8088): Apache Superset in an
+environment of its own, its metadata in the stack's Postgres, the dashboards of
+``bi/superset/assets`` imported at every start. Every version is pinned in
+``scripts/stack/versions.toml``.
 
 Downloads and builds are cached in ``$CASCADE_STACK_CACHE`` (default
 ``~/.cache/cascade-stack``); data, logs (``logs/<service>.log``), pid files and the
 generated credentials (``stack.env``, mode 0600) live in ``<repo>/.cascade-stack/``.
 ``up`` is idempotent: a service that is already healthy is left alone. ``status`` exits 1
-when a selected service is not healthy. ``down`` stops in reverse order (the worker before the
-Prefect server): SIGTERM to the service's process group, then SIGKILL after 20 s.
+when a selected service is not healthy; it lists superset when it runs or ``--with bi`` is
+given. ``down`` stops in reverse order (superset first, the worker before the Prefect server):
+SIGTERM to the service's process group, then SIGKILL after 20 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import secrets
 import shutil
@@ -53,13 +58,17 @@ HOST = "127.0.0.1"
 VENV_BIN = ROOT / ".venv" / "bin"
 
 SERVICES = ("postgres", "minio", "nessie", "trino", "prefect", "worker")
+BI_SERVICES = ("superset",)  # started with `up --with bi` (or `--only superset`)
+ALL_SERVICES = SERVICES + BI_SERVICES
 NEEDS: dict[str, tuple[str, ...]] = {
     "nessie": ("postgres", "minio"),
     "trino": ("nessie", "minio"),
     "prefect": ("postgres",),
     "worker": ("prefect",),
+    "superset": ("postgres",),
 }
 SECRET_KEYS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MARTS_READER_PASSWORD")
+BI_SECRET_KEYS = ("SUPERSET_ADMIN_PASSWORD", "SUPERSET_SECRET_KEY", "SUPERSET_DB_PASSWORD")
 STOP_GRACE_SECONDS = 20.0
 
 
@@ -106,8 +115,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def stack_env(versions: dict[str, Any], existing: dict[str, str]) -> dict[str, str]:
-    """The application's view of the stack: fixed addresses plus the secrets."""
+def stack_env(
+    versions: dict[str, Any], existing: dict[str, str], with_bi: bool = False
+) -> dict[str, str]:
+    """The application's view of the stack: fixed addresses plus the secrets.
+
+    Superset's address, admin and secrets are added with ``with_bi``, and kept once there.
+    """
     pg, minio, nessie = versions["postgres"], versions["minio"], versions["nessie"]
     trino, prefect = versions["trino"], versions["prefect"]
     env = {
@@ -131,7 +145,14 @@ def stack_env(versions: dict[str, Any], existing: dict[str, str]) -> dict[str, s
         "PREFECT_API_URL": f"http://{HOST}:{prefect['port']}/api",
         "CASCADE_WORK_POOL": prefect["work_pool"],
     }
-    for key in SECRET_KEYS:
+    secret_keys = list(SECRET_KEYS)
+    if with_bi or any(key in existing for key in BI_SECRET_KEYS):
+        env["SUPERSET_URL"] = f"http://{HOST}:{versions['superset']['port']}"
+        env["SUPERSET_ADMIN_USER"] = (
+            os.environ.get("SUPERSET_ADMIN_USER") or existing.get("SUPERSET_ADMIN_USER") or "admin"
+        )
+        secret_keys += BI_SECRET_KEYS
+    for key in secret_keys:
         env[key] = os.environ.get(key) or existing.get(key) or new_password()
     return env
 
@@ -147,8 +168,8 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def ensure_env(versions: dict[str, Any]) -> dict[str, str]:
-    env = stack_env(versions, read_env_file(ENV_FILE))
+def ensure_env(versions: dict[str, Any], with_bi: bool = False) -> dict[str, str]:
+    env = stack_env(versions, read_env_file(ENV_FILE), with_bi)
     text = "# Written by scripts/stack.py; secrets, keep private.\n"
     text += "".join(f"{key}={value}\n" for key, value in env.items())
     if not ENV_FILE.exists() or ENV_FILE.read_text() != text:
@@ -969,6 +990,114 @@ def worker_healthy(ctx: Ctx) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- superset (--with bi)
+
+BI_DIR = ROOT / "bi" / "superset"
+
+
+def superset_home(ctx: Ctx) -> Path:
+    """Superset's environment, named by its version and the hash of its pinned requirements."""
+    digest = hashlib.sha256((BI_DIR / "requirements.txt").read_bytes()).hexdigest()[:12]
+    return ctx.cache / "superset" / f"{ctx.v('superset')}-py{ctx.v('superset', 'python')}-{digest}"
+
+
+def superset_bin(ctx: Ctx, tool: str) -> Path:
+    return superset_home(ctx) / "bin" / tool
+
+
+def install_superset(ctx: Ctx) -> None:
+    """A virtual environment of its own with bi/superset/requirements.txt, made by uv."""
+    home = superset_home(ctx)
+    if (home / ".complete").exists():
+        return
+    print(f"superset: installing apache-superset {ctx.v('superset')} with uv into {home}",
+          flush=True)
+    shutil.rmtree(home, ignore_errors=True)  # a half-made environment from an interrupted run
+    uv = find_uv()
+    run([uv, "venv", "--quiet", "--python", ctx.v("superset", "python"), str(home)],
+        what="uv venv (superset)")
+    run(
+        [uv, "pip", "sync", "--quiet", "--compile-bytecode", "--python",
+         str(home / "bin" / "python"), str(BI_DIR / "requirements.txt")],
+        what="uv pip sync bi/superset/requirements.txt",
+    )
+    (home / ".complete").write_text(ctx.v("superset") + "\n")
+
+
+def superset_env(ctx: Ctx) -> dict[str, str]:
+    """Superset's processes: its config file, its home, and the secrets it needs."""
+    e = ctx.env
+    home = STATE / "superset"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{superset_home(ctx) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    keys = ("POSTGRES_HOST", "POSTGRES_PORT", "MARTS_DATABASE", "MARTS_READER_PASSWORD",
+            "SUPERSET_ADMIN_USER", *BI_SECRET_KEYS)
+    env.update({key: e[key] for key in keys})
+    env.update(
+        SUPERSET_CONFIG_PATH=str(BI_DIR / "superset_config.py"),
+        SUPERSET_HOME=str(home),
+        CASCADE_BI_ASSETS=str(BI_DIR / "assets"),
+        CASCADE_DBT_MARTS=str(ROOT / "dbt" / "models" / "marts"),
+        FLASK_APP="superset",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def bootstrap_superset_db(ctx: Ctx) -> None:
+    """The ``superset`` role and database (bi/superset/bootstrap.sql), over TCP as `cascade`."""
+    e = ctx.env
+    argv = [pg_bin(ctx, "psql"), "-h", e["POSTGRES_HOST"], "-p", e["POSTGRES_PORT"],
+            "-U", e["POSTGRES_USER"], "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAt"]
+    sql = f"\\set superset_password {sql_literal(e['SUPERSET_DB_PASSWORD'])}\n"
+    sql += (BI_DIR / "bootstrap.sql").read_text()
+    env = {**os.environ, "PGPASSWORD": e["POSTGRES_PASSWORD"], "PGCONNECT_TIMEOUT": "5"}
+    run(argv, env=env, what="psql bi/superset/bootstrap.sql", input=sql)
+
+
+def setup_superset(ctx: Ctx) -> None:
+    """Schema migrations, roles, the admin and the dashboards (bi/superset/setup_superset.py)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with log_path("superset").open("ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} setup\n".encode())
+        log.flush()
+        done = subprocess.run(
+            [str(superset_bin(ctx, "python")), str(BI_DIR / "setup_superset.py")],
+            env=superset_env(ctx), cwd=STATE / "superset", stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, check=False,
+        )
+    if done.returncode != 0:
+        raise StackError(
+            f"superset setup failed (exit {done.returncode}); see {log_path('superset')}:\n"
+            f"{tail(log_path('superset'))}"
+        )
+
+
+def start_superset(ctx: Ctx) -> int:
+    bootstrap_superset_db(ctx)
+    setup_superset(ctx)
+    s = ctx.versions["superset"]
+    argv = [
+        str(superset_bin(ctx, "gunicorn")),
+        "--bind", f"{HOST}:{s['port']}",
+        "--workers", str(s["workers"]),
+        "--worker-class", "gthread",
+        "--threads", str(s["threads"]),
+        "--timeout", "120",
+        "--limit-request-line", "0",
+        "--limit-request-field_size", "0",
+        "--no-control-socket",  # gunicorn 27 would put one in ~/.gunicorn, shared by all
+        "superset.app:create_app()",
+    ]
+    return spawn("superset", argv, superset_env(ctx), STATE / "superset")
+
+
+def superset_healthy(ctx: Ctx) -> bool:
+    resp = http_get(f"http://{HOST}:{ctx.v('superset', 'port')}/health")
+    return resp is not None and resp.status_code == 200
+
+
 # --------------------------------------------------------------------------- services
 
 
@@ -1053,6 +1182,15 @@ def registry() -> dict[str, Service]:
             timeout=90,
             check_port=False,
         ),
+        "superset": Service(
+            "superset",
+            _port("superset"),
+            install_superset,
+            start_superset,
+            superset_healthy,
+            lambda ctx: ctx.v("superset"),
+            timeout=300,
+        ),
     }
 
 
@@ -1118,16 +1256,21 @@ def down_one(ctx: Ctx, svc: Service) -> str:
     return f"{svc.name:<9} not running"
 
 
-def select(only: str | None) -> list[str]:
+def select(only: str | None, with_bi: bool = False) -> list[str]:
+    """The services a command acts on, in start order: the core ones, plus BI when asked."""
     if not only:
-        return list(SERVICES)
+        return list(SERVICES + (BI_SERVICES if with_bi else ()))
     wanted = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = sorted(set(wanted) - set(SERVICES))
+    unknown = sorted(set(wanted) - set(ALL_SERVICES))
     if unknown:
         raise StackError(
-            f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICES)}"
+            f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(ALL_SERVICES)}"
         )
-    return [name for name in SERVICES if name in wanted]
+    return [name for name in ALL_SERVICES if name in wanted]
+
+
+def bi_running() -> bool:
+    return any(pid_alive(read_pid(name)) for name in BI_SERVICES)
 
 
 def header() -> str:
@@ -1167,10 +1310,17 @@ def cmd_down(ctx: Ctx, names: Iterable[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "status", "env"))
-    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(SERVICES)}")
+    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(ALL_SERVICES)}")
+    parser.add_argument(
+        "--with", dest="extras", action="append", default=[], choices=("bi",),
+        help="bi: also Apache Superset with Cascade's dashboards, on port 8088",
+    )
     args = parser.parse_args(argv)
     try:
-        names = select(args.only)
+        with_bi = "bi" in args.extras
+        # down and status also cover a Superset that an earlier `up --with bi` started
+        names = select(args.only, with_bi or (args.command != "up" and bi_running()))
+        with_bi = with_bi or any(name in BI_SERVICES for name in names)
         versions = load_versions()
         if args.command == "env":
             if not ENV_FILE.exists():
@@ -1179,9 +1329,9 @@ def main(argv: list[str] | None = None) -> int:
             print(ENV_FILE)
             return 0
         if args.command == "up":
-            env = ensure_env(versions)
+            env = ensure_env(versions, with_bi)
         else:
-            env = stack_env(versions, read_env_file(ENV_FILE))
+            env = stack_env(versions, read_env_file(ENV_FILE), with_bi)
         ctx = Ctx(versions=versions, cache=cache_dir(), env=env)
         ctx.cache.mkdir(parents=True, exist_ok=True)
         command = {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command]
