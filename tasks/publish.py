@@ -48,6 +48,7 @@ from sqlalchemy.types import TypeEngine
 
 from tasks.errors import PublishError
 from tasks.faults import fault_point
+from tasks.mart_docs import comment_mart
 
 __all__ = [
     "PUBLISH_LOG",
@@ -316,6 +317,7 @@ def publish_marts(
             published_at = datetime.now(UTC)
             for current, frame in marts.items():
                 _swap_mart(conn, current, frame)
+                comment_mart(conn, current, frame.columns)  # the dbt docs, where supported
                 conn.execute(
                     log.insert(), [_log_row(current, frame, ref, ref_hash, run_id, published_at)]
                 )

@@ -31,8 +31,12 @@ def _required(name: str) -> str:
     return value
 
 
-_PG_HOST = os.environ.get("POSTGRES_HOST", "127.0.0.1")
-_PG_PORT = os.environ.get("POSTGRES_PORT", "5432")
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+_PG_HOST = _env("POSTGRES_HOST", "127.0.0.1")
+_PG_PORT = _env("POSTGRES_PORT", "5432")
 MARTS_READER = "marts_reader"
 
 SECRET_KEY = _required("SUPERSET_SECRET_KEY")
@@ -54,9 +58,12 @@ def DB_CONNECTION_MUTATOR(  # noqa: N802 - the name Superset looks up
     return uri, params
 
 
-# No Redis on the stack: Superset's defaults keep caches and filter state in the metadata
-# database; rate-limit counters live in memory (one process).
+# No Redis on the stack: Superset's defaults keep filter and form state in the metadata
+# database; rate-limit counters live in memory (one process). Chart results are not cached:
+# the marts are small, and a dashboard opened after a publish must show the new rows at
+# once, not a day-old cached answer (Superset's default keeps results for 24 h).
 RATELIMIT_STORAGE_URI = "memory://"
+DATA_CACHE_CONFIG = {"CACHE_TYPE": "NullCache"}
 FEATURE_FLAGS = {
     "DASHBOARD_NATIVE_FILTERS": True,
     "ALERT_REPORTS": False,
@@ -69,4 +76,4 @@ SESSION_COOKIE_SAMESITE = "Lax"
 SQLLAB_TIMEOUT = 60
 SUPERSET_WEBSERVER_TIMEOUT = 120
 ROW_LIMIT = 50_000
-LOG_LEVEL = os.environ.get("SUPERSET_LOG_LEVEL", "INFO")
+LOG_LEVEL = "INFO"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -80,6 +81,10 @@ def test_images_match_pinned_versions(compose: dict[str, Any], versions: dict[st
         _service(compose, "prefect")["image"]
         == f"prefecthq/prefect:{prefect['version']}-python{prefect['python']}"
     )
+    superset = versions["superset"]
+    for name in ("superset-init", "superset"):
+        assert _service(compose, name)["image"] == f"{superset['image']}:{superset['version']}"
+    assert _service(compose, "superset-db")["image"] == _service(compose, "postgres")["image"]
 
 
 def test_minio_is_built_from_the_pinned_module(
@@ -101,6 +106,7 @@ def test_ports_match_native_settings(compose: dict[str, Any], versions: dict[str
         "nessie": {19120: versions["nessie"]["port"]},
         "trino": {8080: versions["trino"]["port"]},
         "prefect": {4200: versions["prefect"]["port"]},
+        "superset": {8088: versions["superset"]["port"]},
     }
     for name, ports in expected.items():
         assert _published(_service(compose, name)) == ports, name
@@ -116,11 +122,17 @@ def test_profiles(compose: dict[str, Any]) -> None:
     assert {"postgres", "minio", "nessie", "prefect"} <= members("core")
     assert "trino" not in members("core")
     assert members("query") == {"trino"}
-    assert members("all") == set(compose["services"])
+    assert members("bi") == {"superset-db", "superset-init", "superset"}
+    assert members("all") == set(compose["services"]) - members("bi")
 
 
 def test_native_env_file_keys_and_addresses(native: ModuleType, versions: dict[str, Any]) -> None:
     env = native.stack_env(versions, {})
+    bi = native.stack_env(versions, {}, with_bi=True)
+    assert set(bi) - set(env) == {
+        "SUPERSET_URL", "SUPERSET_ADMIN_USER", *native.BI_SECRET_KEYS,
+    }  # fmt: skip
+    assert bi["SUPERSET_URL"] == f"http://127.0.0.1:{versions['superset']['port']}"
     assert set(env) == {
         "CASCADE_PROFILE", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD",
         "MARTS_DATABASE", "MARTS_READER_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
@@ -135,9 +147,9 @@ def test_native_env_file_keys_and_addresses(native: ModuleType, versions: dict[s
     assert env["CASCADE_WORK_POOL"] == versions["prefect"]["work_pool"]
     # .env.example documents the same keys with the same non-secret values
     example = _properties(ROOT / ".env.example")
-    assert set(example) == set(env)
-    for key in set(env) - set(native.SECRET_KEYS):
-        assert example[key] == env[key], key
+    assert set(example) == set(bi)
+    for key in set(bi) - set(native.SECRET_KEYS) - set(native.BI_SECRET_KEYS):
+        assert example[key] == bi[key], key
 
 
 def test_generated_passwords_are_random_and_kept(
@@ -152,35 +164,35 @@ def test_generated_passwords_are_random_and_kept(
     assert native.stack_env(versions, first)["POSTGRES_PASSWORD"] == "fromtheenvironment"
 
 
-def test_shared_config_files(versions: dict[str, Any]) -> None:
-    trino = _properties(STACK / "trino" / "etc" / "config.properties")
-    assert trino["http-server.http.port"] == str(versions["trino"]["port"])
-    assert trino["catalog.management"] == "dynamic"
-    lake = _properties(STACK / "trino" / "catalog" / "lake.properties")
-    assert lake["connector.name"] == "iceberg"
-    assert lake["iceberg.rest-catalog.prefix"] == "main"
-    assert lake["iceberg.rest-catalog.vended-credentials-enabled"] == "false"
-    assert lake["s3.aws-secret-key"].startswith("${ENV:")
-    nessie = _properties(STACK / "nessie" / "application.properties")
-    assert nessie["nessie.version.store.type"] == "JDBC2"
-    assert nessie["nessie.catalog.service.s3.default-options.request-signing-enabled"] == "false"
-    assert nessie["nessie.catalog.service.s3.default-options.access-key"].startswith(
-        "urn:nessie-secret:quarkus:"
-    )
-    assert versions["nessie"]["management_port"] not in (
-        versions["minio"]["port"],
-        versions["minio"]["console_port"],
-    )
+def test_bi_secrets_are_generated_with_bi_and_kept_without_it(
+    native: ModuleType, versions: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in (*native.SECRET_KEYS, *native.BI_SECRET_KEYS):
+        monkeypatch.delenv(key, raising=False)
+    plain = native.stack_env(versions, {})
+    assert not set(native.BI_SECRET_KEYS) & set(plain)  # plain `up` writes what it did before
+    bi = native.stack_env(versions, plain, with_bi=True)
+    secrets = [bi[key] for key in (*native.SECRET_KEYS, *native.BI_SECRET_KEYS)]
+    assert len(set(secrets)) == len(secrets)
+    assert {k: bi[k] for k in plain} == plain
+    # a later plain `up` (or `down`) keeps Superset's secrets in stack.env
+    assert native.stack_env(versions, bi) == bi
 
 
-def test_compose_nessie_and_trino_use_the_shared_files(compose: dict[str, Any]) -> None:
-    nessie_mounts = " ".join(_service(compose, "nessie")["volumes"])
-    assert "./scripts/stack/nessie/application.properties:" in nessie_mounts
-    trino_mounts = " ".join(_service(compose, "trino")["volumes"])
-    for path in ("etc/config.properties", "etc/jvm.config", "catalog/lake.properties"):
-        assert f"./scripts/stack/trino/{path}:" in trino_mounts
-    assert _service(compose, "nessie")["environment"]["quarkus.management.port"] == "9002"
+def test_bi_services_are_chosen_only_with_bi(native: ModuleType) -> None:
+    assert "superset" not in native.select(None)
+    assert native.select(None, with_bi=True)[-1] == "superset"
+    assert native.select("postgres,superset") == ["postgres", "superset"]
+    with pytest.raises(native.StackError, match="choose from .*superset"):
+        native.select("metabase")
 
 
-def test_venv_prefect_is_the_pinned_one(versions: dict[str, Any]) -> None:
-    assert importlib.metadata.version("prefect") == versions["prefect"]["version"]
+def test_compose_superset_gets_what_its_setup_and_config_read(compose: dict[str, Any]) -> None:
+    """The variables bi/superset/*.py read are the ones compose's superset services set."""
+    read: set[str] = set()
+    for name in ("setup_superset.py", "superset_config.py"):
+        text = (ROOT / "bi" / "superset" / name).read_text()
+        read |= set(re.findall(r"_(?:env|required)\(\s*[\"']([A-Z_]+)[\"']", text))
+    read |= {"SUPERSET_CONFIG_PATH"}  # Superset's own
+    for name in ("superset-init", "superset"):
+        assert set(_service(compose, name)["environment"]) == read, name
