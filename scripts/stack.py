@@ -1029,7 +1029,9 @@ def superset_env(ctx: Ctx) -> dict[str, str]:
     e = ctx.env
     home = STATE / "superset"
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # none of the stack's other secrets, and nothing of the project's .venv
+    dropped = ("VIRTUAL_ENV", "PYTHONPATH", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PATH"] = f"{superset_home(ctx) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     keys = ("POSTGRES_HOST", "POSTGRES_PORT", "MARTS_DATABASE", "MARTS_READER_PASSWORD",
             "SUPERSET_ADMIN_USER", *BI_SECRET_KEYS)

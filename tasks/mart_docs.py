@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]  # no stubs in the lock
+import yaml
 from sqlalchemy import Column, Connection, MetaData, Table, Text
 from sqlalchemy.schema import ExecutableDDLElement, SetColumnComment, SetTableComment
 

@@ -49,7 +49,7 @@ SQLALCHEMY_DATABASE_URI = (
 SQLALCHEMY_EXAMPLES_URI = SQLALCHEMY_DATABASE_URI
 
 
-def DB_CONNECTION_MUTATOR(  # noqa: N802 - the name Superset looks up
+def DB_CONNECTION_MUTATOR(  # the name Superset looks up
     uri: URL, params: dict[str, Any], username: str | None, security_manager: Any, source: Any
 ) -> tuple[URL, dict[str, Any]]:
     """Give the read-only marts role its password at connect time (none is stored)."""

@@ -24,7 +24,8 @@ def test_docs_come_from_the_dbt_yml_files() -> None:
 
 def test_postgres_statements_quote_the_text_and_skip_undocumented_columns() -> None:
     docs = {"mrt_x": MartDocs("It's one row per day.", {"a_pct": "Share of 'a'.", "b": "B."})}
-    sql = [str(s.compile(dialect=postgresql.dialect()))
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    sql = [str(s.compile(dialect=dialect))
            for s in comment_statements("mrt_x", ["a_pct", "c"], docs)]
     assert sql == [
         "COMMENT ON TABLE mrt_x IS 'It''s one row per day.'",
