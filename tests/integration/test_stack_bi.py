@@ -296,7 +296,7 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1600,1900",
+                "--disable-sync", "--no-first-run", "--window-size=1600,2100",
                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
