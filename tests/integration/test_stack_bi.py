@@ -1,6 +1,6 @@
 """BI on the stack: Superset's dashboard "Cascade — glycaemia" shows the published marts.
 
-Needs ``stack up --with bi`` (CI starts it). One backfill of the session's site, then:
+Needs ``stack up --with bi`` (CI starts it). One backfill of a simulated site of its own, then:
 
 - through Superset's REST API (login, the dashboard's charts, each chart's saved query with
   the site filter the dashboard would add), every chart returns rows that agree with the
@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -35,9 +36,10 @@ import sqlalchemy as sa
 from flows.pipeline import backfill
 from tasks.lakehouse import stack_lakehouse
 from tasks.mart_docs import load_mart_docs
+from tasks.simulator import SimulatorServer, SiteConfig
 from tasks.trino import query
 
-from .conftest import STACK_ENV, read_env_file
+from .conftest import NOW, SECRET, STACK_ENV, read_env_file, use_site
 
 pytestmark = pytest.mark.stack
 
@@ -45,6 +47,9 @@ DASHBOARD = "cascade-glycaemia"
 RANGE = (date(2024, 3, 1), date(2024, 3, 9))
 MG_DL_PER_MMOL_L = 18.0182
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# a site of this module's own: other stack tests count the session site's rows
+SITE = SiteConfig(site_id="b" + uuid.uuid4().hex[:8], seed=17, timezone="America/Chicago",
+                  api_secret=SECRET)
 _published: set[str] = set()
 
 Rows = list[dict[str, Any]]
@@ -109,13 +114,21 @@ def superset(bi_env: dict[str, str]) -> Superset:
                     bi_env["SUPERSET_ADMIN_PASSWORD"])
 
 
+@pytest.fixture(scope="module")
+def bi_simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer([SITE], now=NOW, history_days=45) as server:
+        yield server
+
+
 @pytest.fixture
-def published_site(stack_site: str) -> str:
-    """The session's site, backfilled (ingest → build → validate → promote → publish) once."""
-    if stack_site not in _published:
+def published_site(stack_env: dict[str, str], bi_simulator: SimulatorServer, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> str:
+    """This module's site, backfilled (ingest → build → validate → promote → publish) once."""
+    site = use_site(monkeypatch, bi_simulator, SITE.site_id, tmp_path / "cascade")
+    if site not in _published:
         backfill(start=RANGE[0], end=RANGE[1], chunk_days=9, dbt_node_tasks=False)
-        _published.add(stack_site)
-    return stack_site
+        _published.add(site)
+    return site
 
 
 # ----------------------------------------------------------------------- expectations
@@ -386,11 +399,11 @@ def test_dashboard_renders_every_chart_in_chromium(
         assert f"{value:.1f}" in texts[name], (name, value, texts[name])
 
 
-def test_superset_keeps_no_secret_in_its_database(
+def test_superset_keeps_no_secret_in_its_database_or_log(
     superset: Superset, bi_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Superset's metadata holds no stack secret in any form: the marts connection has no
-    stored password (superset_config.py hands it over at connect time)."""
+    """Superset's metadata and log hold no stack secret in any form: the marts connection
+    has no stored password (superset_config.py hands it over at connect time)."""
     (database,) = [d for d in superset.get("/api/v1/database/")
                    if d["database_name"] == "Cascade marts"]
     detail = superset.get(f"/api/v1/database/{database['id']}/connection")
@@ -404,9 +417,12 @@ def test_superset_keeps_no_secret_in_its_database(
                        stdout=out, check=True, timeout=120)
     text = dump.read_text(errors="replace").lower()
     assert "marts_reader" in text  # the dump does hold the connection
+    log = STACK_ENV.parent / "logs" / "superset.log"
+    if log.exists():  # natively started (compose keeps its logs in Docker)
+        text += log.read_text(errors="replace").lower()
     for key in ("POSTGRES_PASSWORD", "MARTS_READER_PASSWORD", "MINIO_ROOT_PASSWORD",
                 "SUPERSET_ADMIN_PASSWORD", "SUPERSET_SECRET_KEY", "SUPERSET_DB_PASSWORD"):
         secret = bi_env[key]
         for form in (secret, hashlib.sha1(secret.encode()).hexdigest(),
                      hashlib.sha512(secret.encode()).hexdigest()):
-            assert form.lower() not in text, f"{key} is in Superset's database"
+            assert form.lower() not in text, f"{key} is in Superset's database or log"
