@@ -34,8 +34,8 @@ import pytest
 import sqlalchemy as sa
 
 from flows.pipeline import backfill
-from tasks.lakehouse import stack_lakehouse
 from tasks.mart_docs import load_mart_docs
+from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 from tasks.trino import query
 
