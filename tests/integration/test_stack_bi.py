@@ -109,9 +109,13 @@ def bi_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def superset(bi_env: dict[str, str]) -> Superset:
-    return Superset(bi_env["SUPERSET_URL"], bi_env["SUPERSET_ADMIN_USER"],
-                    bi_env["SUPERSET_ADMIN_PASSWORD"])
+def superset(bi_env: dict[str, str]) -> Iterator[Superset]:
+    api = Superset(bi_env["SUPERSET_URL"], bi_env["SUPERSET_ADMIN_USER"],
+                   bi_env["SUPERSET_ADMIN_PASSWORD"])
+    try:
+        yield api
+    finally:
+        api.client.close()
 
 
 @pytest.fixture(scope="module")
