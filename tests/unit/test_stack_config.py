@@ -83,7 +83,12 @@ def test_images_match_pinned_versions(compose: dict[str, Any], versions: dict[st
     )
     superset = versions["superset"]
     for name in ("superset-init", "superset"):
-        assert _service(compose, name)["image"] == f"{superset['image']}:{superset['version']}"
+        assert _service(compose, name)["image"] == f"cascade/superset:{superset['version']}"
+    build = _service(compose, "superset-init")["build"]
+    assert build["args"]["SUPERSET_VERSION"] == superset["version"]
+    assert f"FROM {superset['image']}:$${{SUPERSET_VERSION}}" in build["dockerfile_inline"]
+    pins = (ROOT / "bi" / "superset" / "requirements.txt").read_text()
+    assert f"\npsycopg2-binary=={build['args']['PSYCOPG2_VERSION']}\n" in pins
     assert _service(compose, "superset-db")["image"] == _service(compose, "postgres")["image"]
 
 
