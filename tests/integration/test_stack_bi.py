@@ -354,13 +354,20 @@ return Array.from(document.querySelectorAll('[data-test-chart-name]')).map(e => 
 """
 
 
+_PIXELS = "return Array.from(document.querySelectorAll('canvas')).map(c => c.toDataURL())"
+
+
 def _rendered(driver: Any, expected: int, timeout: float) -> list[dict[str, Any]]:
-    """Every chart holder's state once all ``expected`` charts have drawn (or the timeout)."""
-    deadline, charts = time.monotonic() + timeout, []
+    """Every chart holder's state once all ``expected`` charts have drawn and their entry
+    animations have ended (two looks a second apart see the same pixels), or the timeout."""
+    deadline, charts, pixels = time.monotonic() + timeout, [], None
     while time.monotonic() < deadline:
         charts = driver.execute_script(_CHART_STATE)
         if len(charts) == expected and all(c["drawn"] or c["alerts"] for c in charts):
-            break
+            now = driver.execute_script(_PIXELS)
+            if now == pixels:
+                break
+            pixels = now
         time.sleep(1)
     return list(charts)
 
