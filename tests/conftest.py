@@ -22,6 +22,17 @@ def load_sample(name: str) -> pl.DataFrame:
     return pl.read_json(path, infer_schema_length=None) if isinstance(docs, list) else pl.DataFrame()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for ``--dist loadgroup``: the stack tests run one after another on one worker
+    (some stop a service the others use), every other module's tests stay together (so a
+    module's fixtures, such as one dbt build or one simulator, are made once)."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        group = "stack" if item.get_closest_marker("stack") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def cascade_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh CASCADE_HOME for one test."""
