@@ -9,10 +9,13 @@ variables set by hand) creates, or overwrites:
 | ``cascade-trino``    | trino-connection         | TRINO_HOST/_PORT/_USER/_CATALOG, TRINO_PASSWORD, TRINO_JWT |
 | ``cascade-minio``    | minio-credentials        | MINIO_ROOT_USER/_PASSWORD, S3_ENDPOINT, S3_REGION |
 | ``cascade-lake``     | s3-bucket                | LAKE_BUCKET + cascade-minio            |
+| ``cascade-results``  | s3-bucket                | LAKE_BUCKET, folder ``prefect-results`` + cascade-minio |
 | ``cascade-marts``    | sqlalchemy-connector     | POSTGRES_HOST/_PORT/_USER/_PASSWORD, MARTS_DATABASE |
 | ``cascade-nightscout`` | nightscout-site        | NIGHTSCOUT_URL, NIGHTSCOUT_API_SECRET/_TOKEN, NIGHTSCOUT_SITE_ID |
 
-It returns the ``CASCADE_*_BLOCK`` variables that make flows load these documents.
+It returns the ``CASCADE_*_BLOCK`` variables that make flows load these documents, and
+``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``, which puts flow results where every worker reads
+them (the object store), whichever machine or pod a run lands on.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from blocks.nightscout import NightscoutSite
 from blocks.stack import NessieCatalog, TrinoConnection
 from tasks.errors import ConfigError
 
-__all__ = ["register_blocks"]
+__all__ = ["RESULTS_FOLDER", "block_selectors", "register_blocks"]
+
+RESULTS_FOLDER = "prefect-results"
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -77,6 +82,10 @@ def _documents(env: Mapping[str, str], prefix: str) -> dict[str, tuple[str, Bloc
         f"{prefix}-minio": ("", minio),
         f"{prefix}-lake": ("CASCADE_S3_BLOCK", S3Bucket(
             bucket_name=_get(env, "LAKE_BUCKET", "lake"), credentials=minio)),
+        # Prefect's result storage for work-pool jobs, beside (never inside) the warehouse
+        f"{prefix}-results": ("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", S3Bucket(
+            bucket_name=_get(env, "LAKE_BUCKET", "lake"), bucket_folder=RESULTS_FOLDER,
+            credentials=minio)),
         f"{prefix}-marts": ("CASCADE_MARTS_BLOCK", SqlAlchemyConnector(
             connection_info=ConnectionComponents(
                 driver=SyncDriver.POSTGRESQL_PSYCOPG2,
@@ -95,16 +104,30 @@ def _documents(env: Mapping[str, str], prefix: str) -> dict[str, tuple[str, Bloc
     return docs
 
 
+def _selectors(docs: dict[str, tuple[str, Block]]) -> dict[str, str]:
+    """``{ENV_VAR: value}``: Cascade's variables take a document name, Prefect's own
+    setting a ``<block type slug>/<name>``."""
+    selectors: dict[str, str] = {}
+    for name, (variable, document) in docs.items():
+        if variable.startswith("PREFECT_"):
+            selectors[variable] = f"{document.get_block_type_slug()}/{name}"
+        elif variable:
+            selectors[variable] = name
+    return selectors
+
+
+def block_selectors(env: Mapping[str, str], prefix: str = "cascade") -> dict[str, str]:
+    """The variables ``register_blocks`` returns for ``env``, without saving anything."""
+    return _selectors(_documents(env, prefix))
+
+
 def register_blocks(env: Mapping[str, str] | None = None,
                     prefix: str = "cascade") -> dict[str, str]:
-    """Register the block types and save the documents; return ``{ENV_VAR: document}``."""
+    """Register the block types and save the documents; return ``{ENV_VAR: value}``."""
     env = os.environ if env is None else env
     docs = _documents(env, prefix)
     for block_type in {type(b) for _, b in docs.values()}:
         block_type.register_type_and_schema()
-    selectors: dict[str, str] = {}
-    for name, (variable, document) in docs.items():
+    for name, (_, document) in docs.items():
         document.save(name, overwrite=True)
-        if variable:
-            selectors[variable] = name
-    return selectors
+    return _selectors(docs)

@@ -19,13 +19,15 @@ def test_registered_blocks_drive_the_stack(stack_env: dict[str, str],
     assert selectors == {"CASCADE_NESSIE_BLOCK": "cascade-test-nessie",
                          "CASCADE_TRINO_BLOCK": "cascade-test-trino",
                          "CASCADE_S3_BLOCK": "cascade-test-lake",
-                         "CASCADE_MARTS_BLOCK": "cascade-test-marts"}
+                         "CASCADE_MARTS_BLOCK": "cascade-test-marts",
+                         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": "s3-bucket/cascade-test-results"}
     # the flows' own settings come from the blocks once the variables name them, even
     # with the plain variables gone
     for name in ("NESSIE_URI", "S3_ENDPOINT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
         monkeypatch.delenv(name)
     for variable, document in selectors.items():
-        monkeypatch.setenv(variable, document)
+        if variable.startswith("CASCADE_"):
+            monkeypatch.setenv(variable, document)
     settings = load_stack_settings()
     assert settings.nessie_uri == stack_env["NESSIE_URI"]
     assert settings.s3_endpoint.rstrip("/") == stack_env["S3_ENDPOINT"].rstrip("/")

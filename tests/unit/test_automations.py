@@ -91,16 +91,3 @@ def test_prefect_yaml_has_every_flow_tagged_and_a_bound_daily() -> None:
     assert daily["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert daily["schedules"][0]["cron"] == "0 2 * * *"
     assert daily["schedules"][0]["timezone"] == "Europe/London"
-
-
-def test_stack_pool_variant_names_every_block_register_blocks_prints() -> None:
-    from blocks.register import _documents
-
-    env = {"MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "p", "S3_ENDPOINT": "http://s3",
-           "NESSIE_URI": "http://nessie", "POSTGRES_USER": "u", "POSTGRES_PASSWORD": "p",
-           "POSTGRES_HOST": "db", "NIGHTSCOUT_URL": "http://ns"}
-    printed = {var: name for name, (var, _) in _documents(env, "cascade").items() if var}
-    stack = yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_pools"]
-    job_env = stack["stack"]["job_variables"]["env"]
-    assert job_env["CASCADE_PROFILE"] == "stack"
-    assert {k: job_env[k] for k in printed} == printed
