@@ -15,6 +15,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 # the same uv as scripts/cascade.py pins, from the Python package index
 ARG UV_VERSION=0.13.9
+# extra dependency groups, e.g. "--group docker" for docker-compose's worker service
+ARG UV_GROUPS=""
 RUN python3 -m pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -24,7 +26,7 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /opt/cascade
 # dependencies first: this layer is reused until pyproject.toml or uv.lock change
 COPY pyproject.toml uv.lock ./
-RUN uv sync --frozen --no-dev --no-install-project --python python3
+RUN uv sync --frozen --no-dev ${UV_GROUPS} --no-install-project --python python3
 COPY flows ./flows
 COPY tasks ./tasks
 COPY blocks ./blocks

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks import timeouts
 from tasks.build import record_results
 from tasks.dbt_runner import BuildReport, fresh_build_dir, record_build_state
 from tasks.profile import current_profile
 from tasks.settings import load_lakehouse_settings
 
 
-@flow(name="build_branch", flow_run_name="build {branch}")
+@flow(name="build_branch", flow_run_name="build {branch}",
+      timeout_seconds=timeouts.BUILD)
 def build_branch(branch: str, select: str | None = None,
                  node_tasks: bool = True) -> BuildReport:
     """Run ``dbt build`` on ``branch`` and land every model as an Iceberg table on it.

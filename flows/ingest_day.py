@@ -6,6 +6,7 @@ from datetime import date
 
 from prefect import flow
 
+from tasks import timeouts
 from tasks.branches import ensure_branch_task
 from tasks.days import DayRange
 from tasks.fanout import run_name
@@ -15,7 +16,8 @@ from tasks.results import IngestResult
 from tasks.runtime import current_run_id, require_source, run_branch_name
 
 
-@flow(name="ingest_day", flow_run_name=run_name("ingest {day}"))
+@flow(name="ingest_day", flow_run_name=run_name("ingest {day}"),
+      timeout_seconds=timeouts.INGEST_DAY)
 def ingest_day(
     day: date,
     branch: str | None = None,

@@ -13,6 +13,7 @@ from datetime import date
 from prefect import flow
 from prefect.concurrency.sync import concurrency
 
+from tasks import timeouts
 from tasks.days import DayRange
 from tasks.fanout import run_name
 from tasks.ingest import WindowReport, ingest_window_task
@@ -20,7 +21,8 @@ from tasks.profile import current_profile
 from tasks.runtime import require_source
 
 
-@flow(name="ingest_window", flow_run_name=run_name("ingest {start}..{end}"))
+@flow(name="ingest_window", flow_run_name=run_name("ingest {start}..{end}"),
+      timeout_seconds=timeouts.INGEST_WINDOW)
 def ingest_window(
     branch: str,
     start: date,

@@ -7,6 +7,7 @@ from datetime import timedelta
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import timeouts
 from tasks.maintenance import (
     DEFAULT_KEEP_LAST,
     ExpiryReport,
@@ -18,19 +19,22 @@ from tasks.maintenance import (
 from tasks.profile import Lakehouse, current_profile
 
 
-@task(name="expire-snapshots", task_run_name="expire snapshots on main", cache_policy=NO_CACHE)
+@task(name="expire-snapshots", task_run_name="expire snapshots on main", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.MAINTAIN)
 def _expire(lake: Lakehouse, retain_days: float, keep_last: int,
             dry_run: bool) -> ExpiryReport:
     return expire_snapshots(lake, timedelta(days=retain_days), keep_last, dry_run)
 
 
-@task(name="remove-orphan-files", task_run_name="remove orphan files", cache_policy=NO_CACHE)
+@task(name="remove-orphan-files", task_run_name="remove orphan files", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.MAINTAIN)
 def _remove_orphans(lake: Lakehouse, grace_hours: float, dry_run: bool,
                     expiry: ExpiryReport) -> OrphanReport:
     return remove_orphan_files(lake, timedelta(hours=grace_hours), dry_run, pending=expiry)
 
 
-@flow(name="maintain", flow_run_name="maintain main")
+@flow(name="maintain", flow_run_name="maintain main",
+      timeout_seconds=timeouts.MAINTAIN)
 def maintain(retain_days: float = 7, keep_last: int = DEFAULT_KEEP_LAST,
              grace_hours: float = 1, dry_run: bool = False) -> dict[str, object]:
     """Expire main's old snapshots, then delete warehouse files that no ref reaches.

@@ -19,6 +19,7 @@ from flows.build_branch import build_branch
 from flows.promote import promote
 from flows.publish import publish
 from flows.validate import validate
+from tasks import timeouts
 from tasks.branches import MAIN
 from tasks.days import DayRange
 from tasks.errors import BranchConflict
@@ -40,8 +41,8 @@ PROMOTE_ATTEMPTS = 3
 @flow(
     name="backfill",
     flow_run_name=run_name("backfill {start}..{end}"),
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
-)
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type],
+      timeout_seconds=timeouts.BACKFILL)
 def backfill(
     start: date,
     end: date,
@@ -126,7 +127,8 @@ def _write_audit_publish(
 
 
 @flow(name="daily", flow_run_name=run_name("daily {day}"),
-      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))  # type: ignore[arg-type]
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
+      timeout_seconds=timeouts.DAILY)  # type: ignore[arg-type]
 def daily(day: date | None = None, site_block: str | None = None,
           sites: list[str] | None = None, max_reject_ratio: float = 0.05,
           dbt_node_tasks: bool = True) -> RunResult:

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
+from tasks import timeouts
 from tasks.branches import MAIN
+from tasks.events import Promotion, emit_promoted, promoted_by
 from tasks.profile import current_profile
 from tasks.results import PromoteResult
 
@@ -20,7 +22,8 @@ def promoted_tag(branch: str, taken: set[str]) -> str:
     return f"{name}-{datetime.now(UTC):%Y%m%d%H%M%S%f}"
 
 
-@flow(name="promote", flow_run_name="promote {branch}")
+@flow(name="promote", flow_run_name="promote {branch}",
+      timeout_seconds=timeouts.PROMOTE)
 def promote(branch: str, expected_main_hash: str | None = None,
             delete_branch: bool = True) -> PromoteResult:
     """Merge ``branch`` into main atomically, tag the result, delete the branch.
@@ -40,5 +43,7 @@ def promote(branch: str, expected_main_hash: str | None = None,
         branches.delete_branch(branch)
     logger.info("promoted %s into main: %d tables moved, main %s → %s, tagged %s",
                 branch, len(result.tables), result.hash_before, result.hash_after, tag.name)
+    emit_promoted(Promotion(branch, tag.name, result.hash_before, result.hash_after,
+                            tuple(result.tables), promoted_by()))
     return PromoteResult(branch=branch, tag=tag.name, tables=list(result.tables),
                          main_before=result.hash_before, main_after=result.hash_after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks import timeouts
 from tasks.charts import render_charts_task
 from tasks.lakehouse import read_table
 from tasks.profile import current_profile
@@ -15,7 +16,7 @@ from tasks.settings import load_lakehouse_settings
 MARTS = ("mrt_daily_glycaemia", "mrt_agp_hourly", "mrt_agp_hourly_14d", "mrt_quality_coverage")
 
 
-@flow(name="publish", flow_run_name="publish {ref}")
+@flow(name="publish", flow_run_name="publish {ref}", timeout_seconds=timeouts.PUBLISH)
 def publish(ref: str = "main", marts_block: str | None = None,
             charts: bool = True) -> PublishResult:
     """Replace every mart in the marts database with its state at ``ref``, atomically.

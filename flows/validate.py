@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import timeouts
 from tasks.branches import BranchCatalog
 from tasks.errors import ValidationFailed
 from tasks.profile import current_profile
@@ -14,19 +15,22 @@ from tasks.settings import load_lakehouse_settings
 from tasks.validation import Check, check_dbt_results, check_marts, reconcile_raw, render_markdown
 
 
-@task(name="check-dbt-results", task_run_name="dbt results of {branch}", cache_policy=NO_CACHE)
+@task(name="check-dbt-results", task_run_name="dbt results of {branch}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.VALIDATE)
 def _dbt_checks(branches: BranchCatalog, branch: str) -> list[Check]:
     build_dir = load_lakehouse_settings().home / "build" / branch
     return check_dbt_results(build_dir, branches.ref(branch).hash)
 
 
 @task(name="check-mart-contracts", task_run_name="mart contracts on {branch}",
-      cache_policy=NO_CACHE)
+      cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.VALIDATE)
 def _mart_checks(branches: BranchCatalog, branch: str) -> list[Check]:
     return check_marts(branches.catalog(branch))
 
 
-@task(name="reconcile-raw", task_run_name="reconcile raw on {branch}", cache_policy=NO_CACHE)
+@task(name="reconcile-raw", task_run_name="reconcile raw on {branch}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.VALIDATE)
 def _reconcile(branches: BranchCatalog, branch: str) -> list[Check]:
     return reconcile_raw(branches.catalog(branch))
 
@@ -35,7 +39,8 @@ def _artifact_key(branch: str) -> str:
     return "validation-" + "".join(c if c.isalnum() else "-" for c in branch.lower())[:80]
 
 
-@flow(name="validate", flow_run_name="validate {branch}")
+@flow(name="validate", flow_run_name="validate {branch}",
+      timeout_seconds=timeouts.VALIDATE)
 def validate(branch: str) -> ValidationResult:
     """Run every audit check on ``branch``; raise ``ValidationFailed`` if any fails.
 

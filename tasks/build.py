@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import timeouts
 from tasks.branches import BranchCatalog
 from tasks.dbt_runner import (
     BuildReport,
@@ -86,12 +87,14 @@ def record_results(report: BuildReport, results: list[dict[str, Any]]) -> None:
 
 
 @task(name="load-dbt-sources", task_run_name="load raw+audit of {branch} into the build",
-      cache_policy=NO_CACHE)
+      cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.BUILD)
 def _load_sources(branches: BranchCatalog, branch: str, duckdb_path: Path) -> dict[str, int]:
     return load_sources(branches.catalog(branch), duckdb_path)
 
 
 @task(name="land-models-in-iceberg", task_run_name="land models on {branch}",
-      cache_policy=NO_CACHE)
+      cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.BUILD)
 def _export(branches: BranchCatalog, branch: str, duckdb_path: Path) -> dict[str, int]:
     return export_models(duckdb_path, branches.catalog(branch))

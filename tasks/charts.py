@@ -476,6 +476,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 
+from tasks import timeouts
+
 
 def _artifact_markdown(charts: ChartSet, summary: dict[str, float]) -> str:
     """Markdown for a site's artifact: summary table, both images inline, link to the HTML."""
@@ -503,7 +505,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
-@task(name="render-charts")
+@task(name="render-charts", timeout_seconds=timeouts.CHARTS)
 def render_charts_task(agp: pl.DataFrame, daily: pl.DataFrame, out_dir: Path) -> list[ChartSet]:
     """Render every site present in both marts and publish an ``agp-<site>`` artifact each."""
     logger = _logger()

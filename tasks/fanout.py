@@ -25,6 +25,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 from pyiceberg.catalog import Catalog
 
+from tasks import timeouts
 from tasks.branches import MAIN, BranchCatalog, ensure_branch_task
 from tasks.days import DayRange
 from tasks.errors import CascadeError, ConfigError
@@ -232,7 +233,8 @@ def ensure_source_limit(site_id: str, slots: int) -> str:
     return name
 
 
-@task(name="run-partition", task_run_name="partition {label}")
+@task(name="run-partition", task_run_name="partition {label}",
+      timeout_seconds=timeouts.PARTITION_RUN)
 def run_partition_task(label: str, parameters: dict[str, object],
                        job_variables: dict[str, Any]) -> str:
     """Run one partition as a ``cascade-ingest-window`` deployment run and wait for it;

@@ -266,6 +266,7 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import timeouts
 from tasks.profile import Lakehouse
 
 
@@ -318,7 +319,8 @@ def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch
 
 @task(name="ingest-window", retries=2, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=lambda task, run, state: _retryable(state),
-      task_run_name="ingest {days} site={source.site_id}", cache_policy=NO_CACHE)
+      task_run_name="ingest {days} site={source.site_id}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.INGEST_WINDOW)
 def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
                        days: DayRange, timezone: str, run_id: str,
                        max_reject_ratio: float = 0.05) -> WindowReport:

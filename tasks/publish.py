@@ -408,8 +408,11 @@ def _polars_type(sql_type: TypeEngine[Any]) -> pl.DataType | None:
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import timeouts
 
-@task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+
+@task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.PUBLISH)
 def publish_marts_task(
     marts: dict[str, pl.DataFrame],
     ref: str,

@@ -128,7 +128,8 @@ def test_profiles(compose: dict[str, Any]) -> None:
     assert "trino" not in members("core")
     assert members("query") == {"trino"}
     assert members("bi") == {"superset-db", "superset-init", "superset"}
-    assert members("all") == set(compose["services"]) - members("bi")
+    assert members("workers") == {"registry", "worker"}
+    assert members("all") == set(compose["services"]) - members("bi") - members("workers")
 
 
 def test_native_env_file_keys_and_addresses(native: ModuleType, versions: dict[str, Any]) -> None:

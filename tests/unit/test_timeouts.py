@@ -1,0 +1,46 @@
+"""Every flow, and every task that can run long, ends by itself: ``timeout_seconds`` is set."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+from prefect import Flow, Task
+
+import flows
+from tasks import timeouts
+
+LONG_TASKS = {"ingest-window", "run-partition", "publish-marts", "render-charts",
+              "load-dbt-sources", "land-models-in-iceberg", "check-dbt-results",
+              "check-mart-contracts", "reconcile-raw", "expire-snapshots", "remove-orphan-files"}
+
+
+def _objects() -> list[object]:
+    found: list[object] = []
+    for module in pkgutil.iter_modules(flows.__path__):
+        if module.name == "__main__":
+            continue
+        found.extend(vars(importlib.import_module(f"flows.{module.name}")).values())
+    for name in ("ingest", "publish", "charts"):
+        found.extend(vars(importlib.import_module(f"tasks.{name}")).values())
+    return found
+
+
+def test_every_flow_has_a_timeout() -> None:
+    found = {o.name: o.timeout_seconds for o in _objects() if isinstance(o, Flow)}
+    assert {"ingest_day", "ingest_window", "build_branch", "validate", "promote", "publish",
+            "maintain", "backfill", "daily"} <= set(found)
+    assert all(seconds for seconds in found.values()), found
+
+
+@pytest.mark.parametrize("name", sorted(LONG_TASKS))
+def test_long_tasks_have_a_timeout(name: str) -> None:
+    (task,) = {o for o in _objects() if isinstance(o, Task) and o.name == name}
+    assert task.timeout_seconds is not None and task.timeout_seconds >= timeouts.MINUTE
+
+
+def test_a_chain_outlasts_the_runs_it_is_made_of() -> None:
+    steps = timeouts.BUILD + timeouts.VALIDATE + timeouts.PROMOTE + timeouts.PUBLISH
+    assert timeouts.DAILY >= steps and timeouts.BACKFILL >= steps + timeouts.INGEST_WINDOW
+    assert timeouts.PARTITION_RUN > timeouts.INGEST_WINDOW  # the child's own limit hits first
