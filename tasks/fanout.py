@@ -202,6 +202,9 @@ def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,
     from prefect.runtime import flow_run
 
     job_variables = dict(flow_run.job_variables or {})
+    # the child deployment: the same set's (same name on every pool), or one named for a
+    # pool of its own (CASCADE_INGEST_WINDOW_DEPLOYMENT, e.g. a second set side by side)
+    deployment = os.environ.get("CASCADE_INGEST_WINDOW_DEPLOYMENT") or INGEST_WINDOW_DEPLOYMENT
 
     def as_deployment(part: Partition) -> PrefectFuture[Any]:
         params: dict[str, object] = {"branch": branch, "start": part.days.first.isoformat(),
@@ -210,7 +213,7 @@ def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,
                   "site_block": sites[part.site_id].block,
                   "max_reject_ratio": plan.max_reject_ratio,
                   "source_limit": limits[part.site_id]}
-        return run_partition_task.submit(part.label(), params, job_variables)
+        return run_partition_task.submit(part.label(), deployment, params, job_variables)
     return as_deployment
 
 
@@ -235,14 +238,14 @@ def ensure_source_limit(site_id: str, slots: int) -> str:
 
 @task(name="run-partition", task_run_name="partition {label}",
       timeout_seconds=timeouts.PARTITION_RUN)
-def run_partition_task(label: str, parameters: dict[str, object],
+def run_partition_task(label: str, deployment: str, parameters: dict[str, object],
                        job_variables: dict[str, Any]) -> str:
-    """Run one partition as a ``cascade-ingest-window`` deployment run and wait for it;
+    """Run one partition as a run of ``deployment`` (``ingest_window/…``) and wait for it;
     raises unless it completed (a failed child never passes silently)."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    run = run_deployment(INGEST_WINDOW_DEPLOYMENT, parameters=parameters,
+    run = run_deployment(deployment, parameters=parameters,
                          job_variables=job_variables or None, as_subflow=True, timeout=None)
     if not isinstance(run, FlowRun) or run.state is None or not run.state.is_completed():
         state = getattr(run, "state", None)
