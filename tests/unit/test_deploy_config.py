@@ -124,6 +124,8 @@ def test_a_promote_by_hand_triggers_publish(name: str) -> None:
     assert trigger["expect"] == ["cascade.main.promoted"]
     assert trigger["match"] == {"prefect.resource.id": "cascade.lakehouse.main",
                                 "cascade.promoted-by": "promote"}
+    assert trigger["match_related"] == {"prefect.resource.role": "deployment",
+                                        "prefect.resource.name": "cascade-promote"}
 
 
 def test_flow_run_image_is_multi_stage_non_root_and_runs_the_flow_run_command() -> None:
