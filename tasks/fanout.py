@@ -115,6 +115,7 @@ def run_name(template: str) -> Callable[[], str]:
 
         params: dict[str, Any] = dict(flow_run.parameters or {})
         sites = params.get("sites") or [params.get("site_block")
+                                         or os.environ.get("NIGHTSCOUT_BLOCK")
                                          or os.environ.get("NIGHTSCOUT_SITE_ID", "default")]
         label = "site=" if len(sites) == 1 else "sites="
         return f"{template.format_map(_Missing(params))} {label}{','.join(map(str, sites))}"

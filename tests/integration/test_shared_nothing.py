@@ -176,7 +176,8 @@ def _run(deployment: str, parameters: dict[str, Any], job_variables: dict[str, A
     run = run_deployment(deployment, parameters=parameters, job_variables=job_variables,
                          timeout=timeout)
     assert isinstance(run, FlowRun) and run.state is not None
-    assert run.state.is_completed(), (deployment, run.name, run.state)
+    assert run.state.is_completed(), f"{deployment}: {run.name} {run.state.name}: " \
+        f"{run.state.message}"
     return run
 
 
@@ -218,7 +219,7 @@ def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
     day = date(2024, 3, 6)
     started = datetime.now(UTC) - timedelta(seconds=5)
     env = {**run_env, "NIGHTSCOUT_BLOCK": f"cascade-sn-{TAG}-nightscout"}
-    with ExitStack() as stack, get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, ExitStack() as stack:
         stack.callback(_clean_up, client, [_pool(client, pool)])
         names = {flow: _deploy(client, flow, f"split-{flow.replace('_', '-')}-{TAG}", pool, env)
                  for flow in ("ingest_day", "build_branch", "validate", "promote", "publish")}
@@ -266,7 +267,7 @@ def test_fan_out_spreads_a_two_site_backfill_over_two_workers(
     parents, windows = f"cascade-fan-parent-{TAG}", f"cascade-fan-windows-{TAG}"
     days = (date(2024, 3, 10), date(2024, 3, 11))
     sites = [f"cascade-sn-{TAG}-nightscout", f"cascade-sn-{TAG}-site-1"]
-    with ExitStack() as stack, get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, ExitStack() as stack:
         stack.callback(_clean_up, client, [_pool(client, parents), _pool(client, windows)])
         window = _deploy(client, "ingest_window", f"fan-window-{TAG}", windows, run_env)
         env = {**run_env, "CASCADE_INGEST_WINDOW_DEPLOYMENT": window}

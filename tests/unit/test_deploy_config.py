@@ -162,3 +162,29 @@ def test_stack_runs_name_every_document_register_blocks_saves(name: str) -> None
         assert {k: job_env[k] for k in printed} == printed
         assert job_env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
         assert job_env["PREFECT_TASKS_DEFAULT_PERSIST_RESULT"] == "false"
+
+
+def test_deployment_files_and_worker_image_name_the_installed_prefect() -> None:
+    import prefect
+
+    for name in ("prefect.yaml", *IMAGE_SETS):
+        assert _load(name)["prefect-version"] == prefect.__version__, name
+    values = yaml.safe_load((REPO / "deploy" / "kubernetes" / "prefect-worker-values.yaml")
+                            .read_text())
+    assert values["worker"]["image"]["prefectTag"] == f"{prefect.__version__}-python3.11-kubernetes"
+    assert values["worker"]["config"]["workPool"] == "cascade-kubernetes"
+
+
+def test_base_job_template_keeps_the_workers_variables_and_hardens_the_pod() -> None:
+    import json
+
+    ours = json.loads((REPO / "deploy" / "kubernetes" / "base-job-template.json").read_text())
+    default = _base_job_template("kubernetes")
+    assert ours["variables"] == default["variables"]  # the job variables above still apply
+    pod = ours["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/home/cascade"}
+    assert container["args"] == "{{ command }}"  # the image's tini entrypoint stays
