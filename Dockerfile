@@ -31,8 +31,9 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY blocks ./blocks
 COPY dbt ./dbt
-# Parse the dbt project once at build time: a broken project fails the image build, not the
-# first flow run, and target/ holds the parsed manifest (partial_parse.msgpack) for reuse.
+# Parse the dbt project once at build time: a project that does not parse fails the image
+# build, not the first flow run. (target/partial_parse.msgpack is kept, but dbt reuses it only
+# when the profile's connection and vars hash the same; a per-branch Trino catalog does not.)
 RUN DBT_SEND_ANONYMOUS_USAGE_STATS=false /opt/cascade/.venv/bin/dbt parse \
         --project-dir dbt --profiles-dir dbt --target-path /opt/cascade/dbt/target \
         --log-path /tmp/dbt-logs --target duckdb \
