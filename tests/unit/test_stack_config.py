@@ -76,6 +76,8 @@ def test_images_match_pinned_versions(compose: dict[str, Any], versions: dict[st
     nessie = versions["nessie"]
     assert _service(compose, "nessie")["image"] == f"{nessie['image']}:{nessie['version']}"
     assert _service(compose, "trino")["image"] == f"trinodb/trino:{versions['trino']['version']}"
+    registry = versions["registry"]
+    assert _service(compose, "registry")["image"] == f"{registry['image']}:{registry['version']}"
     prefect = versions["prefect"]
     assert (
         _service(compose, "prefect")["image"]
@@ -112,6 +114,7 @@ def test_ports_match_native_settings(compose: dict[str, Any], versions: dict[str
         "trino": {8080: versions["trino"]["port"]},
         "prefect": {4200: versions["prefect"]["port"]},
         "superset": {8088: versions["superset"]["port"]},
+        "registry": {5000: versions["registry"]["port"]},
     }
     for name, ports in expected.items():
         assert _published(_service(compose, name)) == ports, name
