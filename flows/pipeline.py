@@ -41,8 +41,9 @@ PROMOTE_ATTEMPTS = 3
 @flow(
     name="backfill",
     flow_run_name=run_name("backfill {start}..{end}"),
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type],
-      timeout_seconds=timeouts.BACKFILL)
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+    timeout_seconds=timeouts.BACKFILL,
+)
 def backfill(
     start: date,
     end: date,
@@ -127,8 +128,8 @@ def _write_audit_publish(
 
 
 @flow(name="daily", flow_run_name=run_name("daily {day}"),
-      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),
-      timeout_seconds=timeouts.DAILY)  # type: ignore[arg-type]
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+      timeout_seconds=timeouts.DAILY)
 def daily(day: date | None = None, site_block: str | None = None,
           sites: list[str] | None = None, max_reject_ratio: float = 0.05,
           dbt_node_tasks: bool = True) -> RunResult:

@@ -50,7 +50,8 @@ from pyiceberg.expressions import EqualTo
 from blocks.nightscout import NightscoutSite
 from blocks.register import register_blocks
 from tasks.events import MAIN_RESOURCE, PROMOTED
-from tasks.lakehouse import read_table, stack_lakehouse
+from tasks.lakehouse import read_table
+from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 from tests.integration.conftest import NOW, REPO, STACK_ENV, read_env_file
 
@@ -231,13 +232,13 @@ def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
 
         ingested = _step(names["ingest_day"], {"day": day.isoformat(), "branch": branch},
                          tmp_path / "ingest", env)
-        assert _result(ingested)["committed"] > 0
+        assert _result(ingested).committed > 0
         _step(names["build_branch"], {"branch": branch, "node_tasks": False},
               tmp_path / "build", env)
         audit = _result(_step(names["validate"], {"branch": branch}, tmp_path / "validate", env))
-        assert audit["branch"] == branch
+        assert audit.branch == branch
         promoted = _result(_step(names["promote"], {
-            "branch": branch, "expected_main_hash": audit["main_hash"]},
+            "branch": branch, "expected_main_hash": audit.main_hash},
             tmp_path / "promote", env))
         published = _result(_step(names["publish"], {"ref": "main"}, tmp_path / "publish", env))
 
@@ -250,16 +251,16 @@ def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
     entries = read_table(main, "raw.entries", EqualTo("site_id", site))
     assert day in set(entries.get_column("entry_at").dt.date().to_list())
     marts = read_table(main, "marts.mrt_daily_glycaemia", EqualTo("site_id", site))
-    assert marts.height >= 1 and published["rows"]["mrt_daily_glycaemia"] >= marts.height
-    assert promoted["main_after"] != promoted["main_before"]
+    assert marts.height >= 1 and published.rows["mrt_daily_glycaemia"] >= marts.height
+    assert promoted.main_after != promoted.main_before
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while not events and time.monotonic() < deadline:
         events = _promoted_events(stack_env["PREFECT_API_URL"], branch, started)
         time.sleep(1)
     (event,) = events
-    assert event["payload"]["tag"] == promoted["tag"]
-    assert event["payload"]["main_after"] == promoted["main_after"]
+    assert event["payload"]["tag"] == promoted.tag
+    assert event["payload"]["main_after"] == promoted.main_after
     assert event["resource"]["cascade.promoted-by"] == "promote"
 
 
@@ -287,9 +288,9 @@ def test_fan_out_spreads_a_two_site_backfill_over_two_workers(
                             "fan_out": "deployments", "promote_to_main": False}, {},
                    timeout=1200)
         result = _result(run)
-        stack.callback(stack_lakehouse().branches.delete_branch, result["branch"])
+        stack.callback(stack_lakehouse().branches.delete_branch, result.branch)
         children = _children(client, run.id)
-        branch = stack_lakehouse().branches.catalog(result["branch"])  # kept: no promote
+        branch = stack_lakehouse().branches.catalog(result.branch)  # kept: no promote
         for site in SITES:
             entries = read_table(branch, "raw.entries", EqualTo("site_id", site.site_id))
             assert set(days) <= set(entries.get_column("entry_at").dt.date().to_list())

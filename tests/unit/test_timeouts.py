@@ -22,7 +22,7 @@ def _objects() -> list[object]:
         if module.name == "__main__":
             continue
         found.extend(vars(importlib.import_module(f"flows.{module.name}")).values())
-    for name in ("ingest", "publish", "charts"):
+    for name in ("ingest", "publish", "charts", "build", "fanout"):
         found.extend(vars(importlib.import_module(f"tasks.{name}")).values())
     return found
 
