@@ -31,6 +31,7 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY blocks ./blocks
 COPY dbt ./dbt
+COPY LICENSE ./LICENSE
 # Parse the dbt project once at build time: a project that does not parse fails the image
 # build, not the first flow run. (target/partial_parse.msgpack is kept, but dbt reuses it only
 # when the profile's connection and vars hash the same; a per-branch Trino catalog does not.)
