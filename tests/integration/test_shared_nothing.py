@@ -204,6 +204,12 @@ def _step(deployment: str, parameters: dict[str, Any], workdir: Path,
         shutil.rmtree(workdir)
 
 
+def _delete_if_kept(branch: str) -> None:
+    branches = stack_lakehouse().branches
+    if branch in {r.name for r in branches.list_refs()}:
+        branches.delete_branch(branch)
+
+
 def _promoted_events(api_url: str, branch: str, since: datetime) -> list[dict[str, Any]]:
     body = {"filter": {"event": {"name": [PROMOTED]}, "resource": {"id": [MAIN_RESOURCE]},
                        "occurred": {"since": since.isoformat()}}, "limit": 50}
@@ -229,6 +235,7 @@ def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
     env = {**run_env, "NIGHTSCOUT_BLOCK": f"cascade-sn-{TAG}-nightscout"}
     with get_client(sync_client=True) as client, ExitStack() as stack:
         stack.callback(_clean_up, client, [_pool(client, pool)])
+        stack.callback(_delete_if_kept, branch)  # promote deletes it; a failed step keeps it
         names = {flow: _deploy(client, flow, f"split-{flow.replace('_', '-')}-{TAG}", pool, env)
                  for flow in ("ingest_day", "build_branch", "validate", "promote", "publish")}
         worker = _start_worker(pool, tmp_path / "worker", _worker_env(stack_env, tmp_path / "h"),
