@@ -9,7 +9,7 @@ variables set by hand) creates, or overwrites:
 | ``cascade-trino``    | trino-connection         | TRINO_HOST/_PORT/_USER/_CATALOG, TRINO_PASSWORD, TRINO_JWT |
 | ``cascade-minio``    | minio-credentials        | MINIO_ROOT_USER/_PASSWORD, S3_ENDPOINT, S3_REGION |
 | ``cascade-lake``     | s3-bucket                | LAKE_BUCKET + cascade-minio            |
-| ``cascade-results``  | s3-bucket                | LAKE_BUCKET, folder ``prefect-results`` + cascade-minio |
+| ``cascade-results``  | s3-bucket                | LAKE_BUCKET/prefect-results + cascade-minio |
 | ``cascade-marts``    | sqlalchemy-connector     | POSTGRES_HOST/_PORT/_USER/_PASSWORD, MARTS_DATABASE |
 | ``cascade-nightscout`` | nightscout-site        | NIGHTSCOUT_URL, NIGHTSCOUT_API_SECRET/_TOKEN, NIGHTSCOUT_SITE_ID |
 

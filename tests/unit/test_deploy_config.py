@@ -39,10 +39,12 @@ def _base_job_template(kind: str) -> dict[str, Any]:
     if kind == "docker":
         from prefect_docker.worker import DockerWorker
 
-        return DockerWorker.get_default_base_job_template()
+        template: dict[str, Any] = DockerWorker.get_default_base_job_template()
+        return template
     from prefect_kubernetes.worker import KubernetesWorker
 
-    return KubernetesWorker.get_default_base_job_template()
+    template = KubernetesWorker.get_default_base_job_template()
+    return template
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_SETS))

@@ -42,5 +42,6 @@ def test_long_tasks_have_a_timeout(name: str) -> None:
 
 def test_a_chain_outlasts_the_runs_it_is_made_of() -> None:
     steps = timeouts.BUILD + timeouts.VALIDATE + timeouts.PROMOTE + timeouts.PUBLISH
-    assert timeouts.DAILY >= steps and timeouts.BACKFILL >= steps + timeouts.INGEST_WINDOW
-    assert timeouts.PARTITION_RUN > timeouts.INGEST_WINDOW  # the child's own limit hits first
+    assert steps <= timeouts.DAILY
+    assert steps + timeouts.INGEST_WINDOW <= timeouts.BACKFILL
+    assert timeouts.INGEST_WINDOW < timeouts.PARTITION_RUN  # the child's own limit hits first
