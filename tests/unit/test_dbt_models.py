@@ -99,8 +99,8 @@ def test_build_runs_every_model_and_test(built: Path) -> None:
         group by table_schema order by table_schema
     """)
     assert tables == [
-        {"table_schema": "marts", "n": 4},
-        {"table_schema": "silver", "n": 10},
+        {"table_schema": "marts", "n": 6},
+        {"table_schema": "silver", "n": 16},
         {"table_schema": "staging", "n": 5},
     ]
 
