@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-__all__ = ["BOUNDARY_READINGS", "write_raw_database"]
+__all__ = ["BOUNDARY_READINGS", "write_generated_database", "write_raw_database"]
 
 # clinic-c's readings: each consensus threshold (< 54, < 70, 70-180, > 180, > 250) with the
 # value on either side of it
@@ -195,3 +196,19 @@ def write_raw_database(path: Path) -> None:
         for table, rows in tables.items():
             marks = ", ".join("?" * len(rows[0]))
             con.executemany(f"insert into {table} values ({marks})", rows)
+
+
+def write_generated_database(
+    path: Path, entries: list[Any], profiles: list[tuple[object, ...]]
+) -> None:
+    """Create the DuckDB file ``path`` with generated entries (polars frames in the
+    ``raw.entries`` layout) and profile rows; the other raw tables stay empty."""
+    with duckdb.connect(str(path)) as con:
+        con.execute("set TimeZone = 'UTC'")
+        con.execute(_RAW_DDL)
+        for frame in entries:
+            con.register("generated_entries", frame.to_arrow())
+            con.execute("insert into raw.entries select * from generated_entries")
+            con.unregister("generated_entries")
+        marks = ", ".join("?" * len(profiles[0]))
+        con.executemany(f"insert into raw.profile values ({marks})", profiles)
