@@ -7,14 +7,16 @@ readings as (
 
 ),
 
+-- the report period: the last 14 local days of the site's data, the same
+-- days mrt_period_summary summarises
 windows as (
 
     select
         site_id,
-        {{ add_days('max(local_date)', -13) }} as window_start_date,
-        max(local_date) as window_end_date
-    from readings
-    group by site_id
+        start_date as window_start_date,
+        end_date as window_end_date
+    from {{ ref('int_report_periods_defined') }}
+    where period = 'last_14d'
 
 ),
 
