@@ -70,29 +70,20 @@ def _print_where(result: RunResult, home: Path) -> None:
     print(f"  lakehouse       {home}  (catalog.db + warehouse/)")
     print(f"  marts (SQLite)  {home}/marts.db")
     for report in result.published.reports if result.published else []:
-        print(f"  AGP report      {report}")
+        print(f"  CGM report      {report.url}")
     print("  python -m flows refs                      # branches and tags")
     print("  python -m flows show marts.mrt_daily_glycaemia --ref main")
     print("  docs/querying.md: open main, a branch or a tag from DuckDB or PyIceberg")
 
 
-def _print_marts() -> None:
-    import polars as pl
-
-    from tasks.charts import period_summary
+def _print_marts(units: str | None = None) -> None:
     from tasks.profile import current_profile
     from tasks.publish import read_mart
+    from tasks.report import headline_lines
 
-    connector = current_profile().marts_connector()
-    daily = read_mart(connector, "mrt_daily_glycaemia")
-    for site in daily.get_column("site_id").unique().sort():
-        s = period_summary(daily, site)
-        days = daily.filter(pl.col("site_id") == site).height
-        print(f"\nSite {site}: {days} days in mrt_daily_glycaemia")
-        print(f"  mean {s['mean_mg_dl']:.0f} mg/dL, GMI {s['gmi_pct']:.1f}%, CV {s['cv_pct']:.1f}%")
-        print(f"  time in range {s['tir_pct']:.1f}%  below {s['tbr_pct']:.1f}% "
-              f"(<54: {s['tbr_severe_pct']:.1f}%)  above {s['tar_pct']:.1f}% "
-              f"(>250: {s['tar_severe_pct']:.1f}%)")
+    summary = read_mart(current_profile().marts_connector(), "mrt_period_summary")
+    for line in headline_lines(summary, units):
+        print(line)
 
 
 def _refs(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "PublishedReport",
     "SiteReport",
     "build_report",
+    "headline_lines",
     "publish_reports_task",
     "report_html",
     "report_markdown",
@@ -371,3 +372,29 @@ def publish_reports_task(marts: dict[str, pl.DataFrame], units: str | None = Non
             published.append(PublishedReport(site_id, report.unit, stored.url, stored.location,
                                              latest.url, artifact_key, headline(report)))
     return published
+
+
+def headline_lines(summary: pl.DataFrame, units: str | None = None) -> list[str]:
+    """Plain-text lines of each site's last 14 days, in its unit (the demo's printout)."""
+    lines: list[str] = []
+    for row in summary.filter(pl.col("period") == "last_14d").sort("site_id").iter_rows(
+            named=True):
+        scale = Scale(resolve_unit(row.get("display_unit"), units))
+        lines += [
+            "",
+            (f"Site {row['site_id']}: last 14 days ({row['start_date']} to {row['end_date']}), "
+            f"glucose in {scale.unit}"),
+            (f"  CGM active {_pct(row['active_pct'])} "
+            f"({'sufficient' if row['is_sufficient'] else 'insufficient'} data), "
+            f"{row['n_readings']:,} readings"),
+        ]
+        if row["n_readings"]:
+            lines += [
+                (f"  mean {_glucose(row['mean_mg_dl'], scale)}, GMI {_gmi(row['gmi_pct'], scale)}, "
+                f"CV {_pct(row['cv_pct'])}, GRI {row['gri']:.0f} (zone {row['gri_zone']})"),
+                (f"  time in range {_pct(row['tir_pct'])}  below {_pct(row['tbr_pct'])} "
+                f"(<{scale.threshold(54)}: {_pct(row['tbr_severe_pct'])})  above "
+                f"{_pct(row['tar_pct'])} (>{scale.threshold(250)}: {_pct(row['tar_severe_pct'])})"),
+            ]
+    lines += ["", NOT_A_MEDICAL_DEVICE]
+    return lines

@@ -148,3 +148,15 @@ def test_local_store_replaces_atomically(tmp_path: Path) -> None:
     stored = store.put("s/latest.html", b"new", "text/html")
 
     assert Path(re.sub("^file://", "", stored.location)).read_bytes() == b"new"
+
+
+def test_headline_lines_speak_each_sites_unit() -> None:
+    both = pl.concat([summary("us-site"), summary("uk-site", "mmol/L")])
+
+    text = "\n".join(report_module.headline_lines(both))
+
+    assert "Site uk-site: last 14 days (2025-03-01 to 2025-03-14), glucose in mmol/L" in text
+    assert "mean 7.4 mmol/L, GMI 6.5% (47 mmol/mol), CV 33.8%, GRI 34 (zone B)" in text
+    assert "mean 133 mg/dL, GMI 6.5%," in text
+    assert "(<3.0: 0.5%)" in text and "(<54: 0.5%)" in text
+    assert text.rstrip().endswith(report_module.NOT_A_MEDICAL_DEVICE)
