@@ -1,7 +1,11 @@
-"""Register Cascade's block types and create the stack's block documents from the environment.
+"""Register Cascade's block types and create block documents from the environment.
 
-``python -m flows register-blocks`` (with ``.cascade-stack/stack.env`` loaded, or the same
-variables set by hand) creates, or overwrites:
+``python -m flows register-blocks`` registers every block type Cascade uses, so the Prefect
+UI offers them (the ``site`` parameter of ``backfill`` and ``daily`` is a ``nightscout-site``
+block picker). On the embedded profile (``CASCADE_PROFILE`` unset or ``embedded``) it then
+saves only the ``cascade-nightscout`` document, when ``NIGHTSCOUT_URL`` is set. On the stack
+profile (with ``.cascade-stack/stack.env`` loaded, or the same variables set by hand) it
+creates, or overwrites:
 
 | document             | type                     | from                                  |
 | -------------------- | ------------------------ | ------------------------------------- |
@@ -96,12 +100,26 @@ def _documents(env: Mapping[str, str], prefix: str) -> dict[str, tuple[str, Bloc
                 database=_get(env, "MARTS_DATABASE", "marts"),
             ))),
     }
-    if _opt(env, "NIGHTSCOUT_URL"):
-        docs[f"{prefix}-nightscout"] = ("NIGHTSCOUT_BLOCK", NightscoutSite(
-            url=_need(env, "NIGHTSCOUT_URL"), site_id=_get(env, "NIGHTSCOUT_SITE_ID", "default"),
-            api_secret=_secret(env, "NIGHTSCOUT_API_SECRET"),
-            token=_secret(env, "NIGHTSCOUT_TOKEN"), timezone=_opt(env, "CASCADE_TIMEZONE")))
-    return docs
+    return docs | _nightscout_document(env, prefix)
+
+
+def _nightscout_document(env: Mapping[str, str], prefix: str) -> dict[str, tuple[str, Block]]:
+    """The ``<prefix>-nightscout`` document when ``NIGHTSCOUT_URL`` names a site."""
+    if not _opt(env, "NIGHTSCOUT_URL"):
+        return {}
+    return {f"{prefix}-nightscout": ("NIGHTSCOUT_BLOCK", NightscoutSite(
+        url=_need(env, "NIGHTSCOUT_URL"), site_id=_get(env, "NIGHTSCOUT_SITE_ID", "default"),
+        api_secret=_secret(env, "NIGHTSCOUT_API_SECRET"),
+        token=_secret(env, "NIGHTSCOUT_TOKEN"), timezone=_opt(env, "CASCADE_TIMEZONE")))}
+
+
+def _block_types() -> list[type[Block]]:
+    """Every block type Cascade's flows and settings load."""
+    from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+    from prefect_sqlalchemy import SqlAlchemyConnector
+
+    return [NightscoutSite, NessieCatalog, TrinoConnection, MinIOCredentials, AwsCredentials,
+            S3Bucket, SqlAlchemyConnector]
 
 
 def _selectors(docs: dict[str, tuple[str, Block]]) -> dict[str, str]:
@@ -121,12 +139,24 @@ def block_selectors(env: Mapping[str, str], prefix: str = "cascade") -> dict[str
     return _selectors(_documents(env, prefix))
 
 
-def register_blocks(env: Mapping[str, str] | None = None,
-                    prefix: str = "cascade") -> dict[str, str]:
-    """Register the block types and save the documents; return ``{ENV_VAR: value}``."""
+def register_blocks(env: Mapping[str, str] | None = None, prefix: str = "cascade",
+                    profile: str | None = None) -> dict[str, str]:
+    """Register every block type, save the profile's documents; return ``{ENV_VAR: value}``.
+
+    Embedded: the types, and the Nightscout site when ``NIGHTSCOUT_URL`` is set. Stack: the
+    types and every document of the module docstring's table.
+
+    Args:
+        env: where the documents' values come from (default the environment).
+        prefix: document name prefix.
+        profile: ``embedded`` or ``stack``; default the profile ``CASCADE_PROFILE`` selects.
+    """
+    from tasks.profile import profile_name
+
     env = os.environ if env is None else env
-    docs = _documents(env, prefix)
-    for block_type in {type(b) for _, b in docs.values()}:
+    docs = (_documents(env, prefix) if (profile or profile_name()) == "stack"
+            else _nightscout_document(env, prefix))
+    for block_type in _block_types():
         block_type.register_type_and_schema()
     for name, (_, document) in docs.items():
         document.save(name, overwrite=True)

@@ -232,6 +232,13 @@ def _register_blocks(args: argparse.Namespace) -> int:
     from blocks.register import register_blocks
 
     selectors = register_blocks(prefix=args.prefix)
+    print("registered Cascade's block types (nightscout-site, nessie-catalog, trino-connection, "
+          "minio-credentials, aws-credentials, s3-bucket, sqlalchemy-connector)")
+    if not selectors:
+        print("saved no block document: on the embedded profile set NIGHTSCOUT_URL (and "
+              "NIGHTSCOUT_API_SECRET or NIGHTSCOUT_TOKEN) to save a nightscout-site document, "
+              "or create one in the Prefect UI (Blocks → Nightscout Site)")
+        return 0
     print("saved block documents: " + ", ".join(selectors.values()))
     print("flows load them when these are set (e.g. in a work pool's job variables):")
     for variable, name in selectors.items():

@@ -1,0 +1,50 @@
+"""`python -m flows register-blocks` on the embedded profile: types, and the site from env."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from blocks.nightscout import NightscoutSite
+from flows.__main__ import main
+
+pytestmark = pytest.mark.e2e
+
+
+async def _block_type_slugs() -> set[str]:
+    async with get_client() as client:
+        return {t.slug for t in await client.read_block_types()}
+
+
+def test_register_blocks_without_stack_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("CASCADE_PROFILE", "MINIO_ROOT_USER", "NESSIE_URI", "POSTGRES_HOST",
+                 "NIGHTSCOUT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert main(["register-blocks", "--prefix", "embedded-test"]) == 0
+
+    assert "saved no block document" in capsys.readouterr().out
+    slugs = asyncio.run(_block_type_slugs())
+    assert {"nightscout-site", "nessie-catalog", "trino-connection", "s3-bucket",
+            "sqlalchemy-connector"} <= slugs
+
+
+def test_register_blocks_saves_the_site_from_env(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CASCADE_PROFILE", raising=False)
+    monkeypatch.setenv("NIGHTSCOUT_URL", "https://ns.example.org")
+    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", "clinic-e")
+    monkeypatch.setenv("NIGHTSCOUT_API_SECRET", "register-blocks-secret")
+
+    assert main(["register-blocks", "--prefix", "embedded-test"]) == 0
+
+    out = capsys.readouterr().out
+    assert "NIGHTSCOUT_BLOCK=embedded-test-nightscout" in out
+    assert "register-blocks-secret" not in out
+    site = NightscoutSite.load("embedded-test-nightscout")
+    assert (site.url, site.site_id) == ("https://ns.example.org", "clinic-e")
