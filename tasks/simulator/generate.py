@@ -101,6 +101,7 @@ class SiteConfig:
     device: str = "dexcom-g6"
     interval_min: int = 5
     status_interval_min: int = 5
+    units: str = "mg/dl"  # the profile's and status's display unit: "mg/dl" or "mmol"
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)  # raises on an unknown zone
@@ -824,7 +825,7 @@ def _profile_store(site: SiteConfig, scale: float, as_text: bool) -> dict[str, A
         "basal": _schedule(basal, as_text),
         "target_low": _schedule([(0, 90)], as_text),
         "target_high": _schedule([(0, 120)], as_text),
-        "units": "mg/dl",
+        "units": site.units,
     }
 
 
@@ -844,7 +845,7 @@ def generate_profiles(site: SiteConfig, first_day: date, last_day: date) -> list
                 "store": {"Default": _profile_store(site, 1.0 + 0.1 * index, as_text=index == 0)},
                 "startDate": created,
                 "mills": mills,
-                "units": "mg/dl",
+                "units": site.units,
                 "created_at": created,
             }
         )

@@ -605,7 +605,7 @@ class SimulatorServer:
             "careportalEnabled": True,
             "boluscalcEnabled": True,
             "settings": {
-                "units": "mg/dl",
+                "units": site.units,
                 "timeFormat": 24,
                 "customTitle": f"Cascade simulator ({site.site_id})",
                 "theme": "colors",
