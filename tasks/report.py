@@ -34,10 +34,14 @@ __all__ = [
     "PublishedReport",
     "SiteReport",
     "build_report",
+    "chain_summary_markdown",
+    "chain_summary_task",
+    "headline",
     "headline_lines",
     "publish_reports_task",
     "report_html",
     "report_markdown",
+    "slug",
     "summary_table",
 ]
 
@@ -398,3 +402,53 @@ def headline_lines(summary: pl.DataFrame, units: str | None = None) -> list[str]
             ]
     lines += ["", NOT_A_MEDICAL_DEVICE]
     return lines
+
+
+# ---------------------------------------------------------------------------- run summary
+
+
+def _ui_link(artifact_key: str) -> str | None:
+    """The Prefect UI page of an artifact key, when the UI's address is known."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{str(ui).rstrip('/')}/artifacts/key/{artifact_key}" if ui else None
+
+
+def chain_summary_markdown(kind: str, branch: str, tag: str | None,
+                           landed: Mapping[str, Mapping[str, int]],
+                           reports: Sequence[PublishedReport]) -> str:
+    """Markdown of a parent run (``backfill``/``daily``): what landed, the tag, each site's
+    headline figures in its unit and where its report is."""
+    lines = [f"# Cascade {kind}: {'promoted as ' + tag if tag else 'not promoted'}", "",
+             f"Branch `{branch}`" + (f" → `main`, tag `{tag}`." if tag else ", kept."), "",
+             "| raw table | committed | duplicates | rejected |", "|---|---:|---:|---:|"]
+    for name, counts in sorted(landed.items()):
+        lines.append(f"| {name} | {counts.get('committed', 0):,} | "
+                     f"{counts.get('duplicates', 0):,} | {counts.get('rejected', 0):,} |")
+    if reports:
+        lines += ["", "## Sites, last 14 days", "",
+                  ("| site | unit | period | CGM active | TIR | below | above | mean | GMI | CV "
+                  "| GRI | report |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        h = r.headline
+        active = h["active"] + ("" if h["sufficient"] else " ⚠ insufficient")
+        ui = _ui_link(r.artifact_key)
+        links = f"[HTML]({r.url})" + (f" · [artifact]({ui})" if ui else
+                                      f" · artifact `{r.artifact_key}`")
+        lines.append(f"| {r.site_id} | {r.unit} | {h['period']} | {active} | {h['tir']} | "
+                     f"{h['tbr']} | {h['tar']} | {h['mean']} | {h['gmi']} | {h['cv']} | "
+                     f"{h['gri']} | {links} |")
+    lines += ["", f"_{NOT_A_MEDICAL_DEVICE}_"]
+    return "\n".join(lines)
+
+
+@task(name="summarise-run")
+def chain_summary_task(kind: str, branch: str, tag: str | None,
+                       landed: Mapping[str, Mapping[str, int]],
+                       reports: Sequence[PublishedReport]) -> str:
+    """Leave the parent run's summary artifact (key ``cascade-<kind>-summary``)."""
+    markdown = chain_summary_markdown(kind, branch, tag, landed, reports)
+    create_markdown_artifact(markdown=markdown, key=f"cascade-{slug(kind)}-summary",
+                             description=f"what this {kind} run landed and each site's report")
+    return markdown

@@ -160,3 +160,21 @@ def test_headline_lines_speak_each_sites_unit() -> None:
     assert "mean 133 mg/dL, GMI 6.5%," in text
     assert "(<3.0: 0.5%)" in text and "(<54: 0.5%)" in text
     assert text.rstrip().endswith(report_module.NOT_A_MEDICAL_DEVICE)
+
+
+def test_chain_summary_names_what_landed_the_tag_and_each_sites_report(tmp_path: Path) -> None:
+    published = report_module.PublishedReport(
+        "uk-site", "mmol/L", "file:///r/uk-site/2025-03-14/report.html", "file:///r",
+        "file:///r/uk-site/latest.html", "cgm-report-uk-site",
+        report_module.headline(build_report(marts("uk-site", "mmol/L"), "uk-site", tmp_path)))
+
+    text = report_module.chain_summary_markdown(
+        "daily", "run-daily-1", "promoted-1", {"entries": {"committed": 288, "duplicates": 2,
+                                                           "rejected": 0}}, [published])
+
+    assert "# Cascade daily: promoted as promoted-1" in text
+    assert "| entries | 288 | 2 | 0 |" in text
+    assert ("| uk-site | mmol/L | 2025-03-01 – 2025-03-14 | 94.2% | 72.5% | 3.5% | 24.0% "
+            "| 7.4 mmol/L | 6.5% (47 mmol/mol) | 33.8% | 34 (B) |") in text
+    assert "[HTML](file:///r/uk-site/2025-03-14/report.html)" in text
+    assert report_module.NOT_A_MEDICAL_DEVICE in text
