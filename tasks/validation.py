@@ -116,7 +116,53 @@ class QualityCoverageContract(pa.DataFrameModel):
         coerce = True
 
 
+class PeriodSummaryContract(pa.DataFrameModel):
+    """marts.mrt_period_summary: one row per site and report period."""
+
+    site_id: str = pa.Field(nullable=False)
+    period: str = pa.Field(isin=["last_14d", "last_90d", "requested"])
+    display_unit: str = pa.Field(isin=["mg/dL", "mmol/L"])
+    n_days: int = pa.Field(ge=1)
+    n_readings: int = pa.Field(ge=0)
+    active_pct: float = _pct()
+    is_sufficient: bool = pa.Field(nullable=False)
+    tir_pct: float = _pct(True)
+    tbr_pct: float = _pct(True)
+    tar_pct: float = _pct(True)
+    gri: float = pa.Field(ge=0, le=100, nullable=True)
+    n_hypo_l1_episodes: int = pa.Field(ge=0)
+    n_hypo_l2_episodes: int = pa.Field(ge=0)
+    n_hyper_l1_episodes: int = pa.Field(ge=0)
+    n_hyper_l2_episodes: int = pa.Field(ge=0)
+
+    class Config:
+        strict = False
+        coerce = True
+
+    @pa.dataframe_check(name="sufficient only with >= 70 % active over >= 14 days")
+    def sufficiency(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        met = (pl.col("active_pct") >= 70 - 1e-9) & (pl.col("n_days") >= 14)
+        return data.lazyframe.select(~pl.col("is_sufficient") | met)
+
+
+class DailyTreatmentsContract(pa.DataFrameModel):
+    """marts.mrt_daily_treatments: one row per site and local day."""
+
+    site_id: str = pa.Field(nullable=False)
+    n_boluses: int = pa.Field(ge=0)
+    bolus_u: float = pa.Field(ge=0)
+    n_carb_entries: int = pa.Field(ge=0)
+    carbs_g: float = pa.Field(ge=0)
+    basal_u: float = pa.Field(ge=0, le=500, nullable=True)
+
+    class Config:
+        strict = False
+        coerce = True
+
+
 MART_CONTRACTS: Final[dict[str, type[pa.DataFrameModel]]] = {
+    "marts.mrt_period_summary": PeriodSummaryContract,
+    "marts.mrt_daily_treatments": DailyTreatmentsContract,
     "marts.mrt_daily_glycaemia": DailyGlycaemiaContract,
     "marts.mrt_agp_hourly": AgpHourlyContract,
     "marts.mrt_quality_coverage": QualityCoverageContract,
