@@ -48,11 +48,11 @@ __all__ = [
 PERIODS: Final = ("last_14d", "last_90d", "requested")
 _PERIOD_TITLES: Final = {"last_14d": "Last 14 days", "last_90d": "Last 90 days",
                          "requested": "Requested range"}
-NOT_A_MEDICAL_DEVICE: Final = (
-    "Cascade is not a medical device. This report summarises data uploaded to Nightscout; "
-    "it is not a diagnosis and must not be used to make treatment decisions without your "
-    "diabetes care team."
+_NOTE: Final = (
+    "This report summarises data uploaded to Nightscout; it is not a diagnosis and must not "
+    "be used to make treatment decisions without your diabetes care team."
 )
+NOT_A_MEDICAL_DEVICE: Final = f"Cascade is not a medical device. {_NOTE}"
 _CITATION: Final = (
     "Ranges and goals: International Consensus on Time in Range (Battelino et al., Diabetes "
     "Care 2019) and its 2023 update (Lancet Diabetes Endocrinol). GMI: Bergenstal et al., "
@@ -225,7 +225,7 @@ td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}
 .warn{{background:#fdecea;border-left:4px solid #c0392b;padding:6px 10px}}
 img{{max-width:100%}}</style></head><body>
 <h1>CGM report — {site}</h1>
-<p class="note"><strong>Not a medical device.</strong> {note}</p>
+<p class="note"><strong>Cascade is not a medical device.</strong> {note}</p>
 <p>Report period {first} to {last} (last 14 days of data), glucose in {unit}.</p>
 {warning}
 <table><thead><tr><th>Metric</th>{heads}<th>Goal</th></tr></thead>
@@ -260,7 +260,7 @@ def report_html(report: SiteReport) -> str:
     )
     main = report.main
     return _HTML.format(
-        site=html.escape(report.site_id), note=html.escape(NOT_A_MEDICAL_DEVICE),
+        site=html.escape(report.site_id), note=html.escape(_NOTE),
         first=main["start_date"], last=main["end_date"], unit=report.unit,
         warning=_warning_html(main), heads=heads, rows=rows, pictures=pictures,
         citation=html.escape(_CITATION),
@@ -289,7 +289,7 @@ def report_markdown(report: SiteReport, link: str | None) -> str:
     lines = [
         f"# CGM report — {report.site_id}",
         "",
-        f"**Not a medical device.** {NOT_A_MEDICAL_DEVICE}",
+        f"**Cascade is not a medical device.** {_NOTE}",
         "",
         f"Glucose in {report.unit}. Report period: the last 14 days of data.",
         "",

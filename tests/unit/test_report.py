@@ -69,7 +69,7 @@ def test_mmol_site_report_speaks_mmol(tmp_path: Path) -> None:
     assert "Level 2 hypoglycaemia <3.0 mmol/L (≥ 15 min)" in table
     assert "glucose in mmol/L" in page
     assert "mg/dL" not in page.split("<h2>")[0]  # nothing above the pictures says mg/dL
-    assert "Not a medical device." in page
+    assert "<strong>Cascade is not a medical device.</strong>" in page
 
 
 def test_units_override_wins_over_the_site(tmp_path: Path) -> None:
