@@ -53,17 +53,18 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"Cascade demo: {args.days} days ({start}..{end}) from {source}")
         result = backfill(start=start, end=end, chunk_days=args.chunk_days,
                           max_concurrency=args.max_concurrency,
-                          dbt_node_tasks=args.dbt_node_tasks)
-    _print_where(result, load_lakehouse_settings().home)
+                          dbt_node_tasks=args.dbt_node_tasks, units=args.units)
+    _print_where(result, load_lakehouse_settings().home, args.units)
     return 0
 
 
-def _print_where(result: RunResult, home: Path) -> None:
+def _print_where(result: RunResult, home: Path, units: str | None = None) -> None:
     print()
     _print_ingested(result.ingest)
     if result.tag is not None:
-        print(f"\nAudited on branch {result.branch!r}, promoted into main as tag {result.tag!r}.")
-        _print_marts()
+        print(f"
+Audited on branch {result.branch!r}, promoted into main as tag {result.tag!r}.")
+        _print_marts(units)
     else:
         print(f"\nLanded on branch {result.branch!r} of the embedded lakehouse at {home}")
     print("\nLook at it:")
@@ -134,11 +135,11 @@ def _flow_command(args: argparse.Namespace) -> int:
     elif args.command == "publish":
         from flows.publish import publish
 
-        _print_published(publish(ref=args.ref))
+        _print_published(publish(ref=args.ref, units=args.units))
     elif args.command == "daily":
         from flows.pipeline import daily
 
-        _print_run(daily(day=args.day, sites=args.sites or None))
+        _print_run(daily(day=args.day, sites=args.sites or None, units=args.units))
     return 0
 
 
@@ -154,7 +155,7 @@ def _print_published(published: PublishResult) -> None:
     marts = ", ".join(f"{name} {rows:,}" for name, rows in published.rows.items())
     print(f"published from {published.ref}@{published.hash} to {published.database}: {marts}")
     for report in published.reports:
-        print(f"  report {report}")
+        print(f"  report {report.site_id} ({report.unit}): {report.url}")
 
 
 def _print_run(result: RunResult) -> None:
@@ -223,7 +224,7 @@ def _backfill(args: argparse.Namespace) -> int:
                       chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
                       max_reject_ratio=args.max_reject_ratio,
                       promote_to_main=not args.no_promote,
-                      dbt_node_tasks=not args.plain_dbt)
+                      dbt_node_tasks=not args.plain_dbt, units=args.units)
     _print_run(result)
     return 0
 
@@ -263,6 +264,21 @@ def _ingest_day(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unit(text: str) -> str:
+    from tasks.units import parse_unit
+
+    try:
+        return parse_unit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _units_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--units", type=_unit, metavar="UNIT",
+                     help="mg/dL or mmol/L for every report and printout instead of each "
+                          "site's own unit (from its Nightscout profile)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dbt-node-tasks", action="store_true",
                       help="one Prefect task per dbt node, as deployments run it "
                            "(slower on the in-process API; the demo runs dbt plainly)")
+    _units_option(demo)
     demo.set_defaults(run=_demo)
     back = sub.add_parser("backfill", help="ingest a UTC day range onto a run branch")
     back.add_argument("start", type=date.fromisoformat)
@@ -291,6 +308,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="stop after ingestion and keep the branch")
     back.add_argument("--plain-dbt", action="store_true",
                       help="run dbt plainly instead of one Prefect task per dbt node")
+    _units_option(back)
     back.set_defaults(run=_backfill)
     for name, help_text in (("build", "dbt build on a branch"),
                             ("validate", "audit a branch"),
@@ -300,11 +318,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(run=_flow_command)
     pub = sub.add_parser("publish", help="publish marts from a ref to the marts database")
     pub.add_argument("--ref", default="main")
+    _units_option(pub)
     pub.set_defaults(run=_flow_command)
     dly = sub.add_parser("daily", help="the whole chain for one local day (default yesterday)")
     dly.add_argument("day", nargs="?", type=date.fromisoformat)
     dly.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
                      help="a nightscout-site block; repeat for several sites on one branch")
+    _units_option(dly)
     dly.set_defaults(run=_flow_command)
     reset = sub.add_parser("reset", help="point a branch (main) at a tag: undo a promote")
     reset.add_argument("branch")

@@ -15,6 +15,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from blocks.nightscout import NightscoutSite
 from flows.build_branch import build_branch
 from flows.promote import promote
 from flows.publish import publish
@@ -22,7 +23,7 @@ from flows.validate import validate
 from tasks import timeouts
 from tasks.branches import MAIN
 from tasks.days import DayRange
-from tasks.errors import BranchConflict
+from tasks.errors import BranchConflict, ConfigError
 from tasks.fanout import (
     MAX_CONCURRENCY,
     FanOut,
@@ -33,6 +34,7 @@ from tasks.fanout import (
     run_name,
 )
 from tasks.profile import Lakehouse, current_profile
+from tasks.report import chain_summary_task
 from tasks.results import IngestResult, RunResult
 
 PROMOTE_ATTEMPTS = 3
@@ -48,6 +50,7 @@ def backfill(
     start: date,
     end: date,
     branch: str | None = None,
+    site: NightscoutSite | None = None,
     site_block: str | None = None,
     sites: list[str] | None = None,
     chunk_days: int = 30,
@@ -56,6 +59,7 @@ def backfill(
     promote_to_main: bool = True,
     dbt_node_tasks: bool = True,
     fan_out: FanOut = "tasks",
+    units: str | None = None,
 ) -> RunResult:
     """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
     validate, promote and publish it.
@@ -65,7 +69,9 @@ def backfill(
         end: last UTC day (inclusive).
         branch: target branch; default a new ``run-backfill-…`` branch from main (a retry
             of this run reuses its branch and skips the partitions that already landed).
-        site_block: a ``nightscout-site`` block name; default from the environment.
+        site: the Nightscout site, picked from the saved ``nightscout-site`` blocks.
+        site_block: a ``nightscout-site`` block by name instead (the command line's
+            ``--site``); with neither, the site comes from the environment.
         sites: several ``nightscout-site`` block names (a clinic, a study), all on one
             branch; overrides ``site_block``.
         chunk_days: days per partition (one task run and one commit per table each).
@@ -77,9 +83,11 @@ def backfill(
         fan_out: ``tasks`` (partitions as task runs in this process) or ``deployments``
             (each partition a run of the ``cascade-ingest-window`` deployment, bounded per
             site by the global concurrency limit ``nightscout-<site id>``).
+        units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
+            unit (from its Nightscout profile).
     """
     lakehouse = current_profile().lakehouse
-    chosen = choose_sites(site_block, sites)
+    chosen = choose_sites(_block_name(site) or site_block, sites)
     days = DayRange(start, end)
     plan = IngestPlan(kind="backfill", ranges={s.site_id: days for s in chosen},
                       chunk_days=chunk_days, max_concurrency=max_concurrency,
@@ -91,21 +99,24 @@ def backfill(
     ingested = ingest(branch)
     if not promote_to_main:
         return RunResult(ingested)
-    return _write_audit_publish(lakehouse, ingested, ingest if branch is None else None,
-                                dbt_node_tasks)
+    return _write_audit_publish("backfill", lakehouse, ingested,
+                                ingest if branch is None else None, dbt_node_tasks, units)
 
 
 def _write_audit_publish(
+    kind: str,
     lakehouse: Lakehouse,
     ingested: IngestResult,
     redo: Callable[[str | None], IngestResult] | None,
     dbt_node_tasks: bool = True,
+    units: str | None = None,
 ) -> RunResult:
     """build → validate → promote → publish; raises (main untouched) if any step fails.
 
     When main moved under the branch (another run promoted first), the branch is stale:
     with ``redo``, its range is ingested again onto a fresh branch from the new main
     (ingestion is idempotent) and the chain re-runs, up to ``PROMOTE_ATTEMPTS`` times.
+    The parent run gets a summary artifact (``cascade-<kind>-summary``).
     """
     logger = get_run_logger()
     for attempt in range(1, PROMOTE_ATTEMPTS + 1):
@@ -123,29 +134,36 @@ def _write_audit_publish(
             lakehouse.branches.delete_branch(branch)
             ingested = redo(None)
             continue
-        return RunResult(ingested, build, audit, promoted, publish("main"), attempt)
+        published = publish("main", units=units)
+        chain_summary_task(kind, branch, promoted.tag, ingested.tables, published.reports)
+        return RunResult(ingested, build, audit, promoted, published, attempt)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
 @flow(name="daily", flow_run_name=run_name("daily {day}"),
       task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
       timeout_seconds=timeouts.DAILY)
-def daily(day: date | None = None, site_block: str | None = None,
-          sites: list[str] | None = None, max_reject_ratio: float = 0.05,
-          dbt_node_tasks: bool = True) -> RunResult:
+def daily(day: date | None = None, site: NightscoutSite | None = None,
+          site_block: str | None = None, sites: list[str] | None = None,
+          max_reject_ratio: float = 0.05, dbt_node_tasks: bool = True,
+          units: str | None = None) -> RunResult:
     """Ingest, build, validate, promote and publish one local day (default: yesterday).
 
     A local day spans two UTC days, so the UTC days around it are (re-)ingested.
 
     Args:
         day: the local day; default yesterday in each site's timezone.
-        site_block: a ``nightscout-site`` block name; default from the environment.
+        site: the Nightscout site, picked from the saved ``nightscout-site`` blocks.
+        site_block: a ``nightscout-site`` block by name instead; with neither, the site
+            comes from the environment.
         sites: several ``nightscout-site`` block names, all on one branch.
         max_reject_ratio: fail when more than this share of a day's rows break a contract.
         dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
+        units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
+            unit (from its Nightscout profile).
     """
     lakehouse = current_profile().lakehouse
-    chosen = choose_sites(site_block, sites)
+    chosen = choose_sites(_block_name(site) or site_block, sites)
     local_days = daily_days(lakehouse.branches.catalog(MAIN), chosen, day)
     plan = IngestPlan(kind="daily", ranges={s: d.utc_days for s, d in local_days.items()},
                       chunk_days=3, max_concurrency=len(chosen),
@@ -154,5 +172,16 @@ def daily(day: date | None = None, site_block: str | None = None,
     def ingest(target: str | None) -> IngestResult:
         return ingest_partitions(lakehouse, chosen, plan, target)
 
-    run = _write_audit_publish(lakehouse, ingest(None), ingest, dbt_node_tasks)
+    run = _write_audit_publish("daily", lakehouse, ingest(None), ingest, dbt_node_tasks, units)
     return replace(run, days={s: d.local_day for s, d in local_days.items()})
+
+
+def _block_name(site: NightscoutSite | None) -> str | None:
+    """The saved block document a picked site came from (children load it by name)."""
+    if site is None:
+        return None
+    name = getattr(site, "_block_document_name", None)
+    if not name:
+        raise ConfigError("the site block passed to the flow is not saved: save it first "
+                          "(NightscoutSite(...).save('my-site')) or pass site_block by name")
+    return str(name)

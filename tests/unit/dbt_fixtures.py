@@ -62,6 +62,11 @@ create table raw.profile (
     store varchar, extra varchar, site_id varchar, ingest_run_id varchar,
     ingested_at timestamptz
 );
+create table audit.ingest_log (
+    table_name varchar, site_id varchar, window_date date, n_fetched bigint,
+    n_duplicates bigint, n_rejected bigint, n_committed bigint,
+    ingest_run_id varchar, ingested_at timestamptz
+);
 create table audit.duplicates (
     table_name varchar, site_id varchar, record_id varchar,
     duplicate_of varchar, event_at timestamptz, reason varchar,

@@ -101,7 +101,7 @@ def test_build_runs_every_model_and_test(built: Path) -> None:
     assert tables == [
         {"table_schema": "marts", "n": 6},
         {"table_schema": "silver", "n": 16},
-        {"table_schema": "staging", "n": 5},
+        {"table_schema": "staging", "n": 6},
     ]
 
 

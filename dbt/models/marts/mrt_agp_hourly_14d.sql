@@ -31,7 +31,8 @@ final as (
     from readings
     inner join windows
         on readings.site_id = windows.site_id
-        and readings.local_date >= windows.window_start_date
+        and readings.local_date between windows.window_start_date
+            and windows.window_end_date
     group by
         readings.site_id,
         readings.local_hour,

@@ -3,6 +3,14 @@
     profile that names one ("mg/dl" or "mmol", normalised in stg_profile),
     else mg/dL. Values in every model stay mg/dL; the unit says how people
     read them (reports, artifacts, BI).
+
+    The report periods end on last_complete_date: the last local day that
+    lies wholly inside what ingestion has fetched. Ingestion works in UTC
+    days, so the local days at both ends of a range are partly fetched, and
+    a UTC day fetched before it ended is fetched only until then. The CGM
+    entries of a UTC day are complete up to the day's end or the latest
+    time they were fetched, whichever is earlier. Without an ingest log
+    (data loaded another way) it is the last day with data.
 #}
 with
 
@@ -39,6 +47,46 @@ units_ranked as (
 
 ),
 
+fetched as (
+
+    select
+        site_id,
+        window_date,
+        max(ingested_at) as ingested_at
+    from {{ ref('stg_ingest_log') }}
+    where table_name = 'entries'
+    group by site_id, window_date
+
+),
+
+coverage as (
+
+    select
+        site_id,
+        max(
+            least(
+                {{ from_local_timestamp(add_days('window_date', 1), "'UTC'") }},
+                ingested_at
+            )
+        ) as fetched_until_at
+    from fetched
+    group by site_id
+
+),
+
+complete_days as (
+
+    select
+        days.site_id,
+        max(days.local_date) as last_complete_date
+    from days
+    inner join coverage
+        on days.site_id = coverage.site_id
+        and days.day_end_at <= coverage.fetched_until_at
+    group by days.site_id
+
+),
+
 bounds as (
 
     select
@@ -72,7 +120,9 @@ final as (
         -- its data
         bounds.first_date,
         bounds.last_date,
-        bounds.n_days
+        bounds.n_days,
+        coalesce(complete_days.last_complete_date, bounds.last_date)
+            as last_complete_date
 
     from bounds
     left join units_ranked
@@ -80,6 +130,8 @@ final as (
         and units_ranked.recency_rank = 1
     left join intervals
         on bounds.site_id = intervals.site_id
+    left join complete_days
+        on bounds.site_id = complete_days.site_id
 
 )
 

@@ -1,6 +1,7 @@
 {#
     Report periods per site: the last 14 and the last 90 local days ending
-    on the site's last day of data (the consensus AGP report reads 14 days;
+    on the site's last complete day of data (dim_site.last_complete_date;
+    the consensus AGP report reads 14 days;
     Battelino et al. 2019), plus a requested range (macro requested_period)
     when one is set. A period counts every day in it, with or without data.
 #}
@@ -27,8 +28,9 @@ periods as (
     select
         sites.site_id,
         lengths.period,
-        {{ add_days('sites.last_date', '1 - lengths.n_days') }} as start_date,
-        sites.last_date as end_date,
+        {{ add_days('sites.last_complete_date', '1 - lengths.n_days') }}
+            as start_date,
+        sites.last_complete_date as end_date,
         sites.timezone_name,
         sites.sensor_interval_min
     from sites

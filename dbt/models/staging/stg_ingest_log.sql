@@ -1,0 +1,29 @@
+with
+
+source as (
+
+    select * from {{ source('audit', 'ingest_log') }}
+
+),
+
+final as (
+
+    select
+        -- ids
+        site_id,
+        table_name,
+        ingest_run_id,
+
+        -- the UTC day ingested, and when
+        window_date,
+        ingested_at,
+
+        -- counts
+        n_fetched,
+        n_committed
+
+    from source
+
+)
+
+select * from final

@@ -1,0 +1,79 @@
+"""Reports where users look: an mmol/L site's report and the parent run's summary, as
+Prefect artifacts, with the HTML in the lakehouse's storage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import Artifact
+
+from flows.pipeline import backfill
+from flows.publish import publish
+from tasks.simulator import SimulatorServer, SiteConfig
+from tests.e2e.conftest import NOW
+
+pytestmark = pytest.mark.e2e
+
+UK = SiteConfig(site_id="uk-mmol", seed=21, timezone="Europe/London", api_secret="uk-secret",
+                units="mmol")
+
+
+@pytest.fixture(scope="module")
+def uk_server() -> Iterator[SimulatorServer]:
+    with SimulatorServer([UK], now=NOW, history_days=30) as server:
+        yield server
+
+
+@pytest.fixture
+def uk_env(uk_server: SimulatorServer, cascade_home: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NIGHTSCOUT_URL", uk_server.url_for("uk-mmol"))
+    monkeypatch.setenv("NIGHTSCOUT_API_SECRET", "uk-secret")
+    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", "uk-mmol")
+    monkeypatch.delenv("NIGHTSCOUT_TOKEN", raising=False)
+    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
+    return cascade_home
+
+
+async def _artifacts(key: str) -> list[Artifact]:
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return sorted(found, key=lambda a: a.created or 0)
+
+
+def test_mmol_site_report_and_run_summary_in_the_ui(uk_env: Path) -> None:
+    result = backfill(start=date(2024, 4, 1), end=date(2024, 4, 3), chunk_days=3,
+                      dbt_node_tasks=False)
+
+    (report,) = asyncio.run(_artifacts("cgm-report-uk-mmol"))
+    markdown = str(report.data)
+    assert "Glucose in mmol/L" in markdown
+    assert "| Time in range 3.9–10.0 mmol/L |" in markdown
+    assert "mg/dL" not in markdown
+    assert "**Cascade is not a medical device.**" in markdown
+    assert "![AGP for uk-mmol](data:image/png;base64," in markdown
+
+    (summary,) = asyncio.run(_artifacts("cascade-backfill-summary"))
+    text = str(summary.data)
+    assert f"promoted as {result['tag']}" in text
+    assert "| uk-mmol | mmol/L | 2024-03-21 – 2024-04-03 |" in text  # 04-04 BST is partial
+
+    reports = result["reports"]
+    assert isinstance(reports, list) and len(reports) == 1
+    page = Path(urlparse(str(reports[0])).path)
+    assert page.is_relative_to(uk_env / "reports")
+    assert "<strong>Cascade is not a medical device.</strong>" in page.read_text("utf-8")
+
+    publish("main", units="mg/dL")  # the override: the same site read in mg/dL
+
+    first, second = asyncio.run(_artifacts("cgm-report-uk-mmol"))  # history under one key
+    assert "| Time in range 70–180 mg/dL |" in str(second.data)
+    assert first.id == report.id
