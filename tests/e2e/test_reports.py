@@ -7,13 +7,16 @@ import asyncio
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import Artifact
+from pydantic import SecretStr
 
+from blocks.nightscout import NightscoutSite
 from flows.pipeline import backfill
 from flows.publish import publish
 from tasks.simulator import SimulatorServer, SiteConfig
@@ -32,14 +35,15 @@ def uk_server() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def uk_env(uk_server: SimulatorServer, cascade_home: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("NIGHTSCOUT_URL", uk_server.url_for("uk-mmol"))
-    monkeypatch.setenv("NIGHTSCOUT_API_SECRET", "uk-secret")
-    monkeypatch.setenv("NIGHTSCOUT_SITE_ID", "uk-mmol")
-    monkeypatch.delenv("NIGHTSCOUT_TOKEN", raising=False)
-    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
-    return cascade_home
+def uk_site(uk_server: SimulatorServer, cascade_home: Path,
+            monkeypatch: pytest.MonkeyPatch) -> NightscoutSite:
+    """The site as a saved nightscout-site block, as the UI's picker hands it to a flow."""
+    for name in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID",
+                 "NIGHTSCOUT_TOKEN", "NIGHTSCOUT_BLOCK", "CASCADE_TIMEZONE"):
+        monkeypatch.delenv(name, raising=False)
+    NightscoutSite(url=uk_server.url_for("uk-mmol"), site_id="uk-mmol",
+                   api_secret=SecretStr("uk-secret")).save("uk-mmol-site", overwrite=True)
+    return cast(NightscoutSite, NightscoutSite.load("uk-mmol-site"))
 
 
 async def _artifacts(key: str) -> list[Artifact]:
@@ -49,9 +53,10 @@ async def _artifacts(key: str) -> list[Artifact]:
     return sorted(found, key=lambda a: a.created or 0)
 
 
-def test_mmol_site_report_and_run_summary_in_the_ui(uk_env: Path) -> None:
-    result = backfill(start=date(2024, 4, 1), end=date(2024, 4, 3), chunk_days=3,
-                      dbt_node_tasks=False)
+def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
+                                                     cascade_home: Path) -> None:
+    result = backfill(start=date(2024, 4, 1), end=date(2024, 4, 3), site=uk_site,
+                      chunk_days=3, dbt_node_tasks=False)
 
     (report,) = asyncio.run(_artifacts("cgm-report-uk-mmol"))
     markdown = str(report.data)
@@ -69,7 +74,7 @@ def test_mmol_site_report_and_run_summary_in_the_ui(uk_env: Path) -> None:
     reports = result["reports"]
     assert isinstance(reports, list) and len(reports) == 1
     page = Path(urlparse(str(reports[0])).path)
-    assert page.is_relative_to(uk_env / "reports")
+    assert page.is_relative_to(cascade_home / "reports")
     assert "<strong>Cascade is not a medical device.</strong>" in page.read_text("utf-8")
 
     publish("main", units="mg/dL")  # the override: the same site read in mg/dL
