@@ -62,8 +62,7 @@ def _print_where(result: RunResult, home: Path, units: str | None = None) -> Non
     print()
     _print_ingested(result.ingest)
     if result.tag is not None:
-        print(f"
-Audited on branch {result.branch!r}, promoted into main as tag {result.tag!r}.")
+        print(f"\nAudited on branch {result.branch!r}, promoted into main as tag {result.tag!r}.")
         _print_marts(units)
     else:
         print(f"\nLanded on branch {result.branch!r} of the embedded lakehouse at {home}")

@@ -41,6 +41,7 @@ __all__ = [
     "StackLakehouse",
     "current_profile",
     "embedded_lakehouse",
+    "profile_name",
     "stack_lakehouse",
 ]
 
@@ -158,13 +159,17 @@ _BUILDERS: dict[str, Callable[[], Profile]] = {
 }
 
 
-def current_profile() -> Profile:
-    """The profile ``CASCADE_PROFILE`` names (default ``embedded``)."""
+def profile_name() -> str:
+    """The name of the profile ``CASCADE_PROFILE`` selects (default ``embedded``), checked,
+    for callers that need only the name (``register-blocks``)."""
     name = os.environ.get("CASCADE_PROFILE", "").strip() or "embedded"
-    try:
-        build = _BUILDERS[name]
-    except KeyError:
+    if name not in _BUILDERS:
         raise ConfigError(
             f"CASCADE_PROFILE={name!r} is unknown: use one of {', '.join(sorted(_BUILDERS))}"
-        ) from None
-    return build()
+        )
+    return name
+
+
+def current_profile() -> Profile:
+    """The profile ``CASCADE_PROFILE`` names (default ``embedded``)."""
+    return _BUILDERS[profile_name()]()

@@ -19,19 +19,26 @@ import logging
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from tasks.charts import TARGETS, render_agp, render_tir
+from tasks.ingest import TableCounts
+from tasks.profile import Lakehouse
+from tasks.report_store import report_store_for
+from tasks.results import PublishedReport
 from tasks.units import GlucoseUnit, Scale, resolve_unit
 
 __all__ = [
     "NOT_A_MEDICAL_DEVICE",
     "PERIODS",
-    "PublishedReport",
     "SiteReport",
     "build_report",
     "chain_summary_markdown",
@@ -84,19 +91,6 @@ class SiteReport:
     def main(self) -> dict[str, Any]:
         """The report period's row (the last 14 days)."""
         return self.periods[0]
-
-
-@dataclass(frozen=True)
-class PublishedReport:
-    """Where a site's report went, and the figures a run summary shows."""
-
-    site_id: str
-    unit: GlucoseUnit
-    url: str
-    location: str
-    latest_url: str
-    artifact_key: str
-    headline: dict[str, Any] = field(default_factory=dict)
 
 
 def slug(site_id: str) -> str:
@@ -312,10 +306,6 @@ def report_markdown(report: SiteReport, link: str | None) -> str:
 
 # ---------------------------------------------------------------------------- Prefect
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import MissingContextError
-
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
@@ -324,7 +314,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
-def headline(report: SiteReport) -> dict[str, Any]:
+def headline(report: SiteReport) -> dict[str, str | bool]:
     """The last 14 days' headline figures, formatted in the site's unit."""
     main, scale = report.main, report.scale
     return {
@@ -341,20 +331,18 @@ def headline(report: SiteReport) -> dict[str, Any]:
     }
 
 
-@task(name="publish-reports")
-def publish_reports_task(marts: dict[str, pl.DataFrame], units: str | None = None,
-                         ) -> list[PublishedReport]:
+@task(name="publish-reports", cache_policy=NO_CACHE)
+def publish_reports_task(lakehouse: Lakehouse, marts: dict[str, pl.DataFrame],
+                         units: str | None = None) -> list[PublishedReport]:
     """Render every site's report, store it in the lakehouse, leave a Prefect artifact each.
 
     Args:
+        lakehouse: the profile's lakehouse; its storage keeps the reports.
         marts: the published marts by name (see ``build_report``).
         units: ``mg/dL`` or ``mmol/L`` for every site instead of each site's own unit.
     """
-    from tasks.report_store import report_store_for
-    from tasks.runtime import current_lakehouse
-
     logger = _logger()
-    store = report_store_for(current_lakehouse())
+    store = report_store_for(lakehouse)
     summary = marts.get("mrt_period_summary")
     if summary is None or summary.is_empty():
         logger.warning("reports: mrt_period_summary is empty or missing; nothing to report")
@@ -416,7 +404,7 @@ def _ui_link(artifact_key: str) -> str | None:
 
 
 def chain_summary_markdown(kind: str, branch: str, tag: str | None,
-                           landed: Mapping[str, Mapping[str, int]],
+                           landed: Mapping[str, TableCounts],
                            reports: Sequence[PublishedReport]) -> str:
     """Markdown of a parent run (``backfill``/``daily``): what landed, the tag, each site's
     headline figures in its unit and where its report is."""
@@ -424,15 +412,15 @@ def chain_summary_markdown(kind: str, branch: str, tag: str | None,
              f"Branch `{branch}`" + (f" → `main`, tag `{tag}`." if tag else ", kept."), "",
              "| raw table | committed | duplicates | rejected |", "|---|---:|---:|---:|"]
     for name, counts in sorted(landed.items()):
-        lines.append(f"| {name} | {counts.get('committed', 0):,} | "
-                     f"{counts.get('duplicates', 0):,} | {counts.get('rejected', 0):,} |")
+        lines.append(f"| {name} | {counts.committed:,} | {counts.duplicates:,} | "
+                     f"{counts.rejected:,} |")
     if reports:
         lines += ["", "## Sites, last 14 days", "",
                   ("| site | unit | period | CGM active | TIR | below | above | mean | GMI | CV "
                   "| GRI | report |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         h = r.headline
-        active = h["active"] + ("" if h["sufficient"] else " ⚠ insufficient")
+        active = f"{h['active']}" + ("" if h["sufficient"] else " ⚠ insufficient")
         ui = _ui_link(r.artifact_key)
         links = f"[HTML]({r.url})" + (f" · [artifact]({ui})" if ui else
                                       f" · artifact `{r.artifact_key}`")
@@ -443,9 +431,9 @@ def chain_summary_markdown(kind: str, branch: str, tag: str | None,
     return "\n".join(lines)
 
 
-@task(name="summarise-run")
+@task(name="summarise-run", cache_policy=NO_CACHE)
 def chain_summary_task(kind: str, branch: str, tag: str | None,
-                       landed: Mapping[str, Mapping[str, int]],
+                       landed: Mapping[str, TableCounts],
                        reports: Sequence[PublishedReport]) -> str:
     """Leave the parent run's summary artifact (key ``cascade-<kind>-summary``)."""
     markdown = chain_summary_markdown(kind, branch, tag, landed, reports)

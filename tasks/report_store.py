@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from tasks.lakehouse import EmbeddedLakehouse, Lakehouse, StackLakehouse
+from tasks.profile import EmbeddedLakehouse, Lakehouse, StackLakehouse
 from tasks.settings import StackSettings
 
 __all__ = ["LINK_DAYS", "ReportStore", "StoredFile", "report_store_for"]

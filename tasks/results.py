@@ -18,6 +18,7 @@ __all__ = [
     "IngestResult",
     "PromoteResult",
     "PublishResult",
+    "PublishedReport",
     "RunResult",
     "ValidationResult",
 ]
@@ -62,6 +63,20 @@ class PromoteResult:
 
 
 @dataclass(frozen=True)
+class PublishedReport:
+    """A site's report: where it was stored, its links, and the figures a run summary shows
+    (the last 14 days, formatted in the site's unit)."""
+
+    site_id: str
+    unit: str
+    url: str  # what a browser opens (file:// or a presigned object-store link)
+    location: str  # file:///… or s3://bucket/key
+    latest_url: str  # the site's latest.html
+    artifact_key: str  # cgm-report-<site>
+    headline: dict[str, str | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PublishResult:
     """Marts published from a ref: rows per mart, where to, and the reports rendered."""
 
@@ -69,7 +84,7 @@ class PublishResult:
     hash: str
     rows: dict[str, int]
     database: str
-    reports: list[str] = field(default_factory=list)
+    reports: list[PublishedReport] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

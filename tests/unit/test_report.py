@@ -11,8 +11,11 @@ import polars as pl
 import pytest
 
 from tasks import report as report_module
+from tasks.ingest import TableCounts
+from tasks.profile import embedded_lakehouse
 from tasks.report import build_report, report_html, report_markdown, summary_table
 from tasks.report_store import LocalReportStore
+from tasks.results import PublishedReport
 from tests.unit.test_charts import agp_frame, coverage_frame, daily_frame
 
 
@@ -127,7 +130,7 @@ def test_publish_reports_stores_each_site_and_leaves_one_artifact_per_site(
     a, b = marts("Clinic A"), marts("uk_site", "mmol/L")
     both = {name: pl.concat([a[name], b[name]]) for name in a}
 
-    published = report_module.publish_reports_task.fn(both)
+    published = report_module.publish_reports_task.fn(embedded_lakehouse(), both)
 
     assert [p.site_id for p in published] == ["Clinic A", "uk_site"]
     assert [a["key"] for a in artifacts] == ["cgm-report-clinic-a", "cgm-report-uk-site"]
@@ -163,14 +166,14 @@ def test_headline_lines_speak_each_sites_unit() -> None:
 
 
 def test_chain_summary_names_what_landed_the_tag_and_each_sites_report(tmp_path: Path) -> None:
-    published = report_module.PublishedReport(
+    published = PublishedReport(
         "uk-site", "mmol/L", "file:///r/uk-site/2025-03-14/report.html", "file:///r",
         "file:///r/uk-site/latest.html", "cgm-report-uk-site",
         report_module.headline(build_report(marts("uk-site", "mmol/L"), "uk-site", tmp_path)))
 
-    text = report_module.chain_summary_markdown(
-        "daily", "run-daily-1", "promoted-1", {"entries": {"committed": 288, "duplicates": 2,
-                                                           "rejected": 0}}, [published])
+    landed = {"entries": TableCounts(fetched=290, duplicates=2, rejected=0, committed=288)}
+    text = report_module.chain_summary_markdown("daily", "run-daily-1", "promoted-1", landed,
+                                                [published])
 
     assert "# Cascade daily: promoted as promoted-1" in text
     assert "| entries | 288 | 2 | 0 |" in text
