@@ -194,7 +194,7 @@ def summary_table(report: SiteReport) -> list[tuple[str, list[str], str, list[st
                  for v in values]
         rows.append(row(target.title(scale), [_pct(v) for v in values], target.goal, marks))
     rows.append(row("Glycemia Risk Index (zone A best … E)", [
-        "—" if p["gri"] is None else f"{p['gri']:.1f} (zone {p['gri_zone']}; hypo "
+        "—" if p["gri"] is None else f"{p['gri']:.1f} ({p['gri_zone']}; hypo "
         f"{p['gri_hypo']:.1f}, hyper {p['gri_hyper']:.1f})" for p in periods]))
     thresholds = {f"t{n}": scale.threshold(n) for n in (54, 70, 180, 250)}
     for kind, label in _EPISODES:
@@ -414,19 +414,17 @@ def chain_summary_markdown(kind: str, branch: str, tag: str | None,
     for name, counts in sorted(landed.items()):
         lines.append(f"| {name} | {counts.committed:,} | {counts.duplicates:,} | "
                      f"{counts.rejected:,} |")
-    if reports:
-        lines += ["", "## Sites, last 14 days", "",
-                  ("| site | unit | period | CGM active | TIR | below | above | mean | GMI | CV "
-                  "| GRI | report |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         h = r.headline
         active = f"{h['active']}" + ("" if h["sufficient"] else " ⚠ insufficient")
         ui = _ui_link(r.artifact_key)
-        links = f"[HTML]({r.url})" + (f" · [artifact]({ui})" if ui else
-                                      f" · artifact `{r.artifact_key}`")
-        lines.append(f"| {r.site_id} | {r.unit} | {h['period']} | {active} | {h['tir']} | "
-                     f"{h['tbr']} | {h['tar']} | {h['mean']} | {h['gmi']} | {h['cv']} | "
-                     f"{h['gri']} | {links} |")
+        links = f"[HTML report]({r.url})" + (f" · [artifact {r.artifact_key}]({ui})" if ui
+                                             else f" · artifact `{r.artifact_key}`")
+        lines += ["", f"## {r.site_id}: last 14 days ({h['period']}), {r.unit}", "",
+                  "| CGM active | in range | below | above | mean | GMI | CV | GRI |",
+                  "|---|---|---|---|---|---|---|---|",
+                  (f"| {active} | {h['tir']} | {h['tbr']} | {h['tar']} | {h['mean']} | "
+                  f"{h['gmi']} | {h['cv']} | {h['gri']} |"), "", links]
     lines += ["", f"_{NOT_A_MEDICAL_DEVICE}_"]
     return "\n".join(lines)
 

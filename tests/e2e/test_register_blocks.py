@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -46,5 +47,5 @@ def test_register_blocks_saves_the_site_from_env(
     out = capsys.readouterr().out
     assert "NIGHTSCOUT_BLOCK=embedded-test-nightscout" in out
     assert "register-blocks-secret" not in out
-    site = NightscoutSite.load("embedded-test-nightscout")
+    site = cast(NightscoutSite, NightscoutSite.load("embedded-test-nightscout"))
     assert (site.url, site.site_id) == ("https://ns.example.org", "clinic-e")

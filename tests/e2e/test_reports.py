@@ -68,12 +68,13 @@ def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
 
     (summary,) = asyncio.run(_artifacts("cascade-backfill-summary"))
     text = str(summary.data)
-    assert f"promoted as {result['tag']}" in text
-    assert "| uk-mmol | mmol/L | 2024-03-21 – 2024-04-03 |" in text  # 04-04 BST is partial
+    assert f"promoted as {result.tag}" in text
+    assert "## uk-mmol: last 14 days (2024-03-21 – 2024-04-03), mmol/L" in text  # 04-04 partial
 
-    reports = result["reports"]
-    assert isinstance(reports, list) and len(reports) == 1
-    page = Path(urlparse(str(reports[0])).path)
+    assert result.published is not None
+    (published,) = result.published.reports
+    assert (published.site_id, published.unit) == ("uk-mmol", "mmol/L")
+    page = Path(urlparse(published.url).path)
     assert page.is_relative_to(cascade_home / "reports")
     assert "<strong>Cascade is not a medical device.</strong>" in page.read_text("utf-8")
 

@@ -87,7 +87,8 @@ def _glucose(site: GeneratedSite, minutes: np.ndarray, rng: np.random.Generator)
             depth = rng.uniform(40, 95) * min(site.swing, 1.4)
             width = rng.uniform(20, 70)
             g -= depth * np.exp(-(((minutes - start) / width) ** 2))
-    return np.clip(np.rint(g), 39, 400)
+    clipped: np.ndarray = np.clip(np.rint(g), 39, 400)
+    return clipped
 
 
 def _keep_mask(site: GeneratedSite, minutes: np.ndarray, glucose: np.ndarray,

@@ -92,7 +92,7 @@ def test_mg_site_marks_each_goal_per_period(tmp_path: Path) -> None:
     assert table["Data sufficiency (≥ 70 % active over ≥ 14 days)"][0] == [
         "sufficient", "insufficient"]
     assert table["Glycemia Risk Index (zone A best … E)"][0][0] == (
-        "34.1 (zone B; hypo 2.9, hyper 14.5)")
+        "34.1 (B; hypo 2.9, hyper 14.5)")
     assert table["Hypoglycaemia episodes <70 mg/dL (≥ 15 min)"][0][0] == "6 (mean 35 min)"
     assert table["Level 2 hyperglycaemia >250 mg/dL (≥ 15 min)"][0][0] == "0"
 
@@ -177,7 +177,8 @@ def test_chain_summary_names_what_landed_the_tag_and_each_sites_report(tmp_path:
 
     assert "# Cascade daily: promoted as promoted-1" in text
     assert "| entries | 288 | 2 | 0 |" in text
-    assert ("| uk-site | mmol/L | 2025-03-01 – 2025-03-14 | 94.2% | 72.5% | 3.5% | 24.0% "
-            "| 7.4 mmol/L | 6.5% (47 mmol/mol) | 33.8% | 34 (B) |") in text
-    assert "[HTML](file:///r/uk-site/2025-03-14/report.html)" in text
+    assert "## uk-site: last 14 days (2025-03-01 – 2025-03-14), mmol/L" in text
+    assert ("| 94.2% | 72.5% | 3.5% | 24.0% | 7.4 mmol/L | 6.5% (47 mmol/mol) | 33.8% "
+            "| 34 (B) |") in text
+    assert "[HTML report](file:///r/uk-site/2025-03-14/report.html)" in text
     assert report_module.NOT_A_MEDICAL_DEVICE in text
