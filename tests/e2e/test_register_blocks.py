@@ -49,3 +49,20 @@ def test_register_blocks_saves_the_site_from_env(
     assert "register-blocks-secret" not in out
     site = cast(NightscoutSite, NightscoutSite.load("embedded-test-nightscout"))
     assert (site.url, site.site_id) == ("https://ns.example.org", "clinic-e")
+
+
+def test_a_picked_site_reaches_the_flow_as_its_saved_block(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's block picker sends a ``$ref``; the flow gets the block and its name (which
+    the run's children load it by)."""
+    from flows.pipeline import _block_name, backfill
+
+    block_id = NightscoutSite(url="https://ns.example.org", site_id="picked").save(
+        "picked-site", overwrite=True)
+    parameters = backfill.validate_parameters({
+        "start": "2025-01-01", "end": "2025-01-02",
+        "site": {"$ref": {"block_document_id": str(block_id)}}})
+
+    assert isinstance(parameters["site"], NightscoutSite)
+    assert _block_name(parameters["site"]) == "picked-site"
