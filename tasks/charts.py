@@ -310,6 +310,8 @@ def render_tir(daily: pl.DataFrame, site_id: str, path: Path, *,
     cover = (coverage.filter(pl.col("site_id") == site_id) if coverage is not None
              else rows.select("local_date", pl.lit(None, pl.Float64).alias("coverage_pct")))
     _draw_coverage(cover_ax, cover, first, last)
+    days_ax.tick_params(labelbottom=False)  # the coverage strip below carries the dates
+    days_ax.xaxis.get_offset_text().set_visible(False)
     _draw_period_bar(fig.add_subplot(grid[:, 1]), summary, scale)
     n_days = (last - first + timedelta(days=1)).days
     fig.suptitle(
