@@ -61,7 +61,7 @@ def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
     (report,) = asyncio.run(_artifacts("cgm-report-uk-mmol"))
     markdown = str(report.data)
     assert "Glucose in mmol/L" in markdown
-    assert "| Time in range 3.9–10.0 mmol/L |" in markdown
+    assert "| Time in range 3.9–10.0 mmol/L (> 70%) |" in markdown
     assert "mg/dL" not in markdown
     assert "**Cascade is not a medical device.**" in markdown
     assert "![AGP for uk-mmol](data:image/png;base64," in markdown
@@ -81,5 +81,5 @@ def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
     publish("main", units="mg/dL")  # the override: the same site read in mg/dL
 
     first, second = asyncio.run(_artifacts("cgm-report-uk-mmol"))  # history under one key
-    assert "| Time in range 70–180 mg/dL |" in str(second.data)
+    assert "| Time in range 70–180 mg/dL (> 70%) |" in str(second.data)
     assert first.id == report.id

@@ -182,3 +182,13 @@ def test_chain_summary_names_what_landed_the_tag_and_each_sites_report(tmp_path:
             "| 34 (B) |") in text
     assert "[HTML report](file:///r/uk-site/2025-03-14/report.html)" in text
     assert report_module.NOT_A_MEDICAL_DEVICE in text
+
+
+def test_artifact_markdown_carries_each_goal_beside_its_metric(tmp_path: Path) -> None:
+    markdown = report_markdown(build_report(marts("uk-site", "mmol/L"), "uk-site", tmp_path),
+                               "file:///r.html")
+
+    assert "| Metric (goal) | Last 14 days | Last 90 days |" in markdown
+    assert "| Time in range 3.9–10.0 mmol/L (> 70%) | 72.5% ✓ | 72.5% ✓ |" in markdown
+    assert "| Mean glucose | 7.4 mmol/L | 7.4 mmol/L |" in markdown
+    assert "Full report (HTML): [uk-site](file:///r.html)" in markdown
