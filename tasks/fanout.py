@@ -107,6 +107,13 @@ def daily_days(main: Catalog, sites: list[Site], day: date | None) -> dict[str, 
     return out
 
 
+def _picked(site: Any) -> str | None:
+    """The site id of a site picked as a block (the block, or its fields as a dict)."""
+    if isinstance(site, dict):
+        return site.get("site_id")
+    return getattr(site, "site_id", None)
+
+
 def run_name(template: str) -> Callable[[], str]:
     """A flow-run namer: ``template`` formatted with the run's parameters, then the sites
     (``backfill 2024-01-01..2024-12-31 site=clinic-a``)."""
@@ -114,7 +121,7 @@ def run_name(template: str) -> Callable[[], str]:
         from prefect.runtime import flow_run
 
         params: dict[str, Any] = dict(flow_run.parameters or {})
-        sites = params.get("sites") or [params.get("site_block")
+        sites = params.get("sites") or [params.get("site_block") or _picked(params.get("site"))
                                          or os.environ.get("NIGHTSCOUT_BLOCK")
                                          or os.environ.get("NIGHTSCOUT_SITE_ID", "default")]
         label = "site=" if len(sites) == 1 else "sites="

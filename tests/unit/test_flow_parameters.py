@@ -39,3 +39,12 @@ def test_site_is_a_nightscout_site_block_picker(flow: Flow[Any, Any]) -> None:
 @pytest.mark.parametrize("flow", [backfill, daily, publish], ids=lambda f: f.name)
 def test_units_can_be_overridden(flow: Flow[Any, Any]) -> None:
     assert "mmol/L" in flow.parameters.model_dump()["properties"]["units"]["description"]
+
+
+def test_a_picked_site_names_the_run() -> None:
+    from blocks.nightscout import NightscoutSite
+    from tasks.fanout import _picked
+
+    assert _picked(NightscoutSite(url="https://ns.example.org", site_id="clinic-p")) == "clinic-p"
+    assert _picked({"url": "https://ns.example.org", "site_id": "clinic-q"}) == "clinic-q"
+    assert _picked(None) is None
