@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
+from tasks import timeouts
 from tasks.charts import TARGETS, render_agp, render_tir
 from tasks.ingest import TableCounts
 from tasks.profile import Lakehouse
@@ -331,7 +332,7 @@ def headline(report: SiteReport) -> dict[str, str | bool]:
     }
 
 
-@task(name="publish-reports", cache_policy=NO_CACHE)
+@task(name="publish-reports", cache_policy=NO_CACHE, timeout_seconds=timeouts.CHARTS)
 def publish_reports_task(lakehouse: Lakehouse, marts: dict[str, pl.DataFrame],
                          units: str | None = None) -> list[PublishedReport]:
     """Render every site's report, store it in the lakehouse, leave a Prefect artifact each.

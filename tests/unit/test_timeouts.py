@@ -11,7 +11,7 @@ from prefect import Flow, Task
 import flows
 from tasks import timeouts
 
-LONG_TASKS = {"ingest-window", "run-partition", "publish-marts", "render-charts",
+LONG_TASKS = {"ingest-window", "run-partition", "publish-marts", "publish-reports",
               "load-dbt-sources", "land-models-in-iceberg", "check-dbt-results",
               "check-mart-contracts", "reconcile-raw", "expire-snapshots", "remove-orphan-files"}
 
@@ -22,7 +22,7 @@ def _objects() -> list[object]:
         if module.name == "__main__":
             continue
         found.extend(vars(importlib.import_module(f"flows.{module.name}")).values())
-    for name in ("ingest", "publish", "charts", "build", "fanout"):
+    for name in ("ingest", "publish", "report", "build", "fanout"):
         found.extend(vars(importlib.import_module(f"tasks.{name}")).values())
     return found
 
