@@ -5,8 +5,10 @@
     ├── NightscoutError                           the source misbehaved
     │   ├── NightscoutAuthError                   401/403: wrong secret or token
     │   ├── NightscoutNotFound                    404: wrong URL or API path
-    │   ├── NightscoutUnavailable                 429/5xx/timeouts past the retry budget
+    │   ├── NightscoutUnavailable                 429/5xx/timeouts/deadline past the retry budget
+    │   ├── NightscoutRedirected                  3xx: the site moved (its Location is named)
     │   └── NightscoutBadResponse(…, ValueError)  a body that is not the JSON we expect
+    │       └── NightscoutTooLarge                over the size cap even for one document
     ├── ContractError                             too many rows broke a table's contract
     ├── BranchError                               a branch/tag operation is not possible
     │   ├── BranchNotFound(BranchError, LookupError)
@@ -16,10 +18,18 @@
     ├── PublishError                              marts could not be published
     └── ServiceUnavailable                        a lakehouse or query service did not answer
 
-Messages say what failed, where, and what to do. They never carry a secret.
+Messages say what failed, where, and what to do. They never carry a secret: every
+``CascadeError`` passes its message through ``tasks.redaction.redact``, and importing this
+module installs the log redaction (``tasks.redaction.install_log_redaction``) for the
+process, with tracebacks left out of the log records of these errors (their message says
+it all; set ``CASCADE_TRACEBACKS=1`` to keep them).
 """
 
 from __future__ import annotations
+
+import os
+
+from tasks.redaction import install_log_redaction, redact
 
 __all__ = [
     "BranchConflict",
@@ -33,6 +43,8 @@ __all__ = [
     "NightscoutBadResponse",
     "NightscoutError",
     "NightscoutNotFound",
+    "NightscoutRedirected",
+    "NightscoutTooLarge",
     "NightscoutUnavailable",
     "PublishError",
     "ServiceUnavailable",
@@ -42,7 +54,10 @@ __all__ = [
 
 
 class CascadeError(Exception):
-    """Base of every error Cascade raises on purpose."""
+    """Base of every error Cascade raises on purpose; its message is redacted."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(CascadeError, ValueError):
@@ -65,8 +80,23 @@ class NightscoutUnavailable(NightscoutError):
     """Nightscout kept failing (429/5xx/timeouts) after every retry."""
 
 
+class NightscoutRedirected(NightscoutError):
+    """Nightscout answered a redirect: the site moved, or the URL is not the site itself.
+
+    Cascade does not follow it (the credential would go wherever the redirect points).
+    """
+
+    def __init__(self, message: str, location: str | None = None) -> None:
+        super().__init__(message)
+        self.location = redact(location) if location is not None else None
+
+
 class NightscoutBadResponse(NightscoutError, ValueError):
     """Nightscout answered with something that is not the JSON we expected."""
+
+
+class NightscoutTooLarge(NightscoutBadResponse):
+    """An answer stayed over the size cap even when asked for the fewest documents."""
 
 
 class ContractError(CascadeError):
@@ -122,3 +152,6 @@ def unreachable(exc: BaseException) -> BaseException | None:
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+install_log_redaction(quiet=() if os.environ.get("CASCADE_TRACEBACKS") else (CascadeError,))

@@ -43,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import SecretStr
 
 from tasks.errors import ConfigError
+from tasks.redaction import register_secret, register_token
 
 __all__ = [
     "LakehouseSettings",
@@ -79,6 +80,10 @@ class NightscoutSettings:
             )
         if self.timezone is not None:
             validate_timezone(self.timezone)
+        if self.api_secret is not None:
+            register_secret(self.api_secret.get_secret_value())
+        if self.token is not None:
+            register_token(self.token.get_secret_value())
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,10 @@ class StackSettings:
         for name in ("nessie_uri", "s3_endpoint"):
             if not getattr(self, name).startswith(("http://", "https://")):
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be an http(s) URL")
+        for secret in (self.s3_secret_key, self.nessie_token, self.trino_password,
+                       self.trino_jwt):
+            if secret is not None:
+                register_token(secret.get_secret_value())
 
     @property
     def s3_properties(self) -> dict[str, str]:
