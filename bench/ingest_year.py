@@ -51,7 +51,7 @@ def main() -> None:
             for name in WINDOW_TABLES:
                 table = RAW_TABLES[name]
                 t0 = time.perf_counter()
-                docs = client.fetch_window(name, ctx.window_start, ctx.window_end)
+                docs = client.fetch_window(name, ctx.window_start, ctx.window_end).frame
                 t1 = time.perf_counter()
                 shaped = shape(name, docs, ctx)
                 valid = check(name, shaped.rows, ctx).valid

@@ -321,7 +321,7 @@ def _prefetch_entries(sim: Any, rows: int, work: Path) -> dict[str, Any]:
     end = utc_midnight(END + timedelta(days=1))
     settings = NightscoutSettings(sim.url_for("libre"), "libre", SecretStr(SECRET))
     with NightscoutClient(settings, page_size=50_000) as client:
-        docs = client.fetch_window("entries", start, end).head(rows)
+        docs = client.fetch_window("entries", start, end).frame.head(rows)
     if docs.height < rows:
         raise RuntimeError(f"the simulator served {docs.height:,} readings, not {rows:,}")
     path = work / f"entries-{rows}.parquet"

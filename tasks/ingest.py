@@ -26,7 +26,7 @@ from tasks.faults import fault_point
 from tasks.lakehouse import read_table, replace_rows, site_window
 from tasks.nightscout import COLLECTIONS, NightscoutClient
 from tasks.settings import NightscoutSettings
-from tasks.shaping import ShapeContext, profile_timezone, shape
+from tasks.shaping import ShapeContext, profile_timezone, shape, unreadable_rejects
 from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA, RAW_TABLES, RawTable, raw_layout
 
 PROFILE_TABLE: Final = RAW_TABLES["profile"].identifier
@@ -124,10 +124,12 @@ def ingest_window(
 
 def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _Prepared:
     margin = timedelta(0) if COLLECTIONS[table.endpoint].numeric_time else _OFFSET_MARGIN
-    docs = client.fetch_window(table.endpoint, ctx.window_start - margin, ctx.window_end + margin)
-    shaped = shape(table.name, docs, ctx)
+    fetched = client.fetch_window(table.endpoint, ctx.window_start - margin,
+                                  ctx.window_end + margin)
+    shaped = shape(table.name, fetched.frame, ctx)
     checked = check(table.name, shaped.rows, ctx)
-    rejects = pl.concat([_outside_margin(shaped.rejects, ctx, margin), checked.rejects])
+    rejects = pl.concat([_outside_margin(shaped.rejects, ctx, margin), checked.rejects,
+                         unreadable_rejects(fetched.set_aside, table.name, ctx)])
     log = _daily_log(table, checked.valid, shaped.duplicates, rejects, ctx)
     return _Prepared(table, checked.valid, shaped.duplicates, rejects, log)
 
@@ -223,12 +225,14 @@ def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext
 def ingest_profiles(client: NightscoutClient, catalog: Catalog, ctx: ShapeContext) -> pl.DataFrame:
     """Replace the site's profile documents (a site keeps a handful) and return them."""
     table = RAW_TABLES["profile"]
-    shaped = shape(table.name, client.fetch_profiles(), ctx)
+    fetched = client.fetch_profiles()
+    shaped = shape(table.name, fetched.frame, ctx)
     checked = check(table.name, shaped.rows, ctx)
     layout = raw_layout(table)
     replace_rows(catalog, layout, checked.valid, site_window(layout, ctx.site_id))
     audit = AUDIT_TABLES["rejects"]
-    rejects = pl.concat([shaped.rejects, checked.rejects])
+    rejects = pl.concat([shaped.rejects, checked.rejects,
+                         unreadable_rejects(fetched.set_aside, table.name, ctx)])
     replace_rows(catalog, audit, rejects, site_window(audit, ctx.site_id, table_name="profile"))
     return checked.valid
 
@@ -301,6 +305,7 @@ def window_context(source: NightscoutSettings, timezone: str, days: DayRange,
 
 
 @task(name="ingest-profile", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=lambda task, run, state: _retryable(state),
       task_run_name="profile site={source.site_id}", cache_policy=NO_CACHE)
 def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
                         run_id: str) -> str:
@@ -337,13 +342,16 @@ def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch:
 
 
 def _retryable(state: object) -> bool:
-    """Retry only what a retry can fix: the source being unavailable (commit races are
-    retried where they happen, in ``tasks.lakehouse``)."""
-    from tasks.errors import NightscoutUnavailable
+    """Retry only what nothing below retried: a lakehouse service that did not answer.
 
+    One retry layer per failure: the Nightscout client retries the source itself (with
+    backoff, honouring Retry-After) and raises ``NightscoutUnavailable`` only when that
+    budget is spent, so the task does not multiply it; commit races are retried where they
+    happen, in ``tasks.lakehouse``.
+    """
     try:
         state.result()  # type: ignore[attr-defined]
-    except (NightscoutUnavailable, ServiceUnavailable):  # a window is safe to redo
+    except ServiceUnavailable:  # a window is safe to redo
         return True
     except Exception:  # noqa: BLE001 - any other failure is final: do not retry it
         return False

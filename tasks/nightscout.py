@@ -1,19 +1,29 @@
-"""Nightscout v1 API client: time-windowed, paged, retried, parsed straight into Polars.
+"""Nightscout v1 API client: time-windowed, paged, retried, bounded, parsed straight into Polars.
 
 Paging: Nightscout returns the newest ``count`` records matching a filter. We ask for
 ``[start, end)``, then move the upper bound to the oldest time on the page with ``$lte``
 (so records sharing the boundary time are never skipped) and drop the records already
-seen at that boundary time. If a whole page shares one timestamp, the page size doubles.
-The window is exhausted when a page comes back shorter than ``count``. A full page holding
-documents outside the bounds asked for means the server ignores the time filter: paging on
-would repeat them forever, so that is a ``NightscoutBadResponse``.
+seen at that boundary time. The window is done only when a page brings nothing new (it is
+empty, or holds only the records already taken at the boundary): a page shorter than
+``count`` is *not* the end, because a server, a proxy or a hosting plan may cap the page
+size below what was asked. Such a cap is logged, with what was asked and what came back.
+If a whole full page shares one timestamp, the page size doubles. A page holding documents
+outside the bounds asked for (unless it is a short first page: those are kept, and shaping
+sets them aside) means the server ignores the time filter: paging on would repeat them for
+ever, so that is a ``NightscoutBadResponse``.
+
+Bounds per response (``tasks.bounded_http``): an overall deadline per request (not only per
+read), a decoded-size cap (streamed, decompressed by Cascade a bounded piece at a time);
+a page over the cap is asked again with a quarter of the ``count``. Each body is read by
+``tasks.json_documents``: a document nested too deep or not UTF-8 is set aside with its
+reason, and the rest are read. Retries (429, 5xx, timeouts, resets, the deadline) happen
+here and only here, under ``RetryPolicy``. A redirect is reported as one, with its
+Location, and not followed: the credential would travel with it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import os
 import random
@@ -29,16 +39,32 @@ from typing import Final, Self
 import httpx
 import polars as pl
 
+from tasks.bounded_http import (
+    ACCEPT_ENCODING,
+    BodyLimits,
+    BodyTooLarge,
+    BodyUndecodable,
+    DeadlineExceeded,
+    bounded_transport,
+    deadline,
+    read_body,
+    read_prefix,
+)
 from tasks.errors import (
     NightscoutAuthError,
     NightscoutBadResponse,
     NightscoutError,
     NightscoutNotFound,
+    NightscoutRedirected,
+    NightscoutTooLarge,
     NightscoutUnavailable,
 )
+from tasks.json_documents import NotDocuments, ParsedDocuments, SetAside, parse_documents
+from tasks.redaction import redact_bytes, sanitize_url
 from tasks.settings import NightscoutSettings
 
-__all__ = ["COLLECTIONS", "Collection", "NightscoutClient", "RetryPolicy", "sanitize_url"]
+__all__ = ["COLLECTIONS", "Collection", "Fetched", "NightscoutClient", "RetryPolicy",
+           "sanitize_url"]
 
 logger = logging.getLogger("cascade.nightscout")
 
@@ -60,11 +86,12 @@ COLLECTIONS: Final[dict[str, Collection]] = {
 }
 _PROFILE_PATH: Final = "/api/v1/profile.json"
 _RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+_ERROR_EXCERPT: Final = 2048  # bytes of an error page read for the message
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with jitter for 429/5xx/timeouts."""
+    """Bounded exponential backoff with jitter for 429/5xx/timeouts/the deadline."""
 
     attempts: int = 5
     base_s: float = 0.5
@@ -78,6 +105,24 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """The documents of one window (or the profiles), and how they came.
+
+    Attributes:
+        frame: the documents read, one row each.
+        set_aside: documents that could not be read (too deep, not UTF-8), with the reason.
+        requests: pages asked for.
+        page_cap: the most documents the server answered to a page that was not the last,
+            when that was fewer than asked (a cap set by the server or a proxy); else None.
+    """
+
+    frame: pl.DataFrame
+    set_aside: tuple[SetAside, ...] = ()
+    requests: int = 0
+    page_cap: int | None = None
+
+
 def tls_context() -> ssl.SSLContext:
     """The TLS settings every client shares, built once per process (and again only when
     ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` change): loading the CA bundle costs tens of
@@ -88,16 +133,6 @@ def tls_context() -> ssl.SSLContext:
 @cache
 def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     return httpx.create_ssl_context()  # reads the same two variables, else certifi's bundle
-
-
-def sanitize_url(url: httpx.URL | str) -> str:
-    """Return ``url`` with credentials in its query (token, secret) replaced by ``***``."""
-    parsed = httpx.URL(str(url))
-    params = [
-        (k, "***" if k.lower() in {"token", "secret", "api_secret", "api-secret"} else v)
-        for k, v in parsed.params.multi_items()
-    ]
-    return str(parsed.copy_with(params=params, username=None, password=None))
 
 
 def _iso_ms(moment: datetime) -> str:
@@ -117,9 +152,11 @@ class NightscoutClient:
     Args:
         settings: the site's URL and credentials.
         page_size: records asked per request (Nightscout has no upper cap).
-        timeout_s: per-request timeout.
-        retry: backoff policy for 429/5xx/timeouts/connection errors.
-        transport: an httpx transport, for tests.
+        timeout_s: timeout of each connect, read and write.
+        retry: backoff policy for 429/5xx/timeouts/connection errors/the deadline.
+        limits: overall deadline per request and the decoded size one answer may have.
+        transport: an httpx transport, for tests (default: one that honours the deadline
+            on the socket).
         sleep: the sleep function, for tests.
     """
 
@@ -127,26 +164,28 @@ class NightscoutClient:
     page_size: int = 5000
     timeout_s: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: BodyLimits = field(default_factory=BodyLimits)
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
     requests_made: int = 0
 
     def __post_init__(self) -> None:
-        headers = {"Accept": "application/json", "User-Agent": "cascade/0.1"}
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING,
+                   "User-Agent": "cascade/0.1"}
         if self.settings.api_secret is not None:
             raw = self.settings.api_secret.get_secret_value().encode()
             headers["api-secret"] = hashlib.sha1(raw).hexdigest()
         params = {}
         if self.settings.token is not None:
             params["token"] = self.settings.token.get_secret_value()
+        pool = httpx.Limits(max_connections=8, max_keepalive_connections=8)
         self._http = httpx.Client(
             base_url=self.settings.url.rstrip("/"),
             headers=headers,
             params=params,
             timeout=self.timeout_s,
-            transport=self.transport,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            verify=tls_context(),
+            transport=self.transport or bounded_transport(tls_context(), pool),
+            follow_redirects=False,
         )
 
     def __enter__(self) -> Self:
@@ -159,62 +198,97 @@ class NightscoutClient:
         """Close the connection pool."""
         self._http.close()
 
-    def fetch_window(self, collection: str, start: datetime, end: datetime) -> pl.DataFrame:
-        """Every record of ``collection`` with its time in ``[start, end)``, as one frame.
+    def fetch_window(self, collection: str, start: datetime, end: datetime) -> Fetched:
+        """Every record of ``collection`` with its time in ``[start, end)``.
 
         Raises:
-            NightscoutAuthError, NightscoutNotFound: fail fast, with what to check.
+            NightscoutAuthError, NightscoutNotFound, NightscoutRedirected: fail fast, with
+                what to check.
             NightscoutUnavailable: the source kept failing past the retry budget.
-            NightscoutBadResponse: a body that is not a JSON array of documents.
+            NightscoutBadResponse: a body that is not a JSON array of documents, or a server
+                that ignores the time filter; ``NightscoutTooLarge`` when an answer stays
+                over the size cap even for one document.
         """
-        spec = COLLECTIONS[collection]
-        pages = list(self._pages(spec, start, end))
-        frames = [p for p in pages if p.height]
-        if not frames:
-            return pl.DataFrame()
-        return pl.concat(frames, how="diagonal_relaxed")
+        walk = _Walk(COLLECTIONS[collection], start, end, self.page_size)
+        pages = list(self._pages(walk))
+        frames = [p.frame for p in pages if p.frame.height]
+        frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if walk.page_cap is not None:
+            logger.warning(
+                "Nightscout %s%s: asked for %d documents a page, the server answered at most "
+                "%d on pages that were not the last (a page cap set by the site, a proxy or "
+                "a hosting plan); paged on by time until a page came back empty: %d "
+                "requests, %d documents", self._base(), walk.spec.path, walk.asked,
+                walk.page_cap, walk.requests, frame.height + sum(len(p.set_aside)
+                                                                for p in pages))
+        return Fetched(frame, tuple(s for p in pages for s in p.set_aside), walk.requests,
+                       walk.page_cap)
 
-    def fetch_profiles(self) -> pl.DataFrame:
+    def fetch_profiles(self) -> Fetched:
         """Every profile document of the site (Nightscout keeps few)."""
-        return self._get_frame(_PROFILE_PATH, {"count": "10000"})
+        try:
+            page = self._get(_PROFILE_PATH, {"count": "10000"})
+        except BodyTooLarge as exc:
+            raise NightscoutTooLarge(
+                f"Nightscout at {self._base()}{_PROFILE_PATH} answered more than "
+                f"{exc.limit:,} bytes of profiles: check the site's profile collection; "
+                "nothing was written") from None
+        return Fetched(page.frame, page.set_aside, 1)
 
-    def _pages(self, spec: Collection, start: datetime, end: datetime) -> Iterator[pl.DataFrame]:
-        lower: int | str = _epoch_ms(start) if spec.numeric_time else _iso_ms(start)
-        upper: int | str = _epoch_ms(end) if spec.numeric_time else _iso_ms(end)
-        upper_op, count, seen_at_upper = "$lt", self.page_size, pl.Series("_id", [], pl.String)
+    def _pages(self, walk: _Walk) -> Iterator[ParsedDocuments]:
         while True:
-            bounds = _Bounds(spec, lower, upper, upper_op)
-            page = self._get_frame(spec.path, {**bounds.params(), "count": str(count)})
-            full = page.height >= count
-            self._check_bounds(page, bounds, full=full)
-            yield _drop_seen(page, spec, upper, seen_at_upper)
-            if not full:
-                return
-            oldest = _oldest(page, spec, self._where(httpx.URL(self._base() + spec.path)))
-            if oldest == upper:  # the whole page shares the bound's time: widen, not loop
-                count = self._widen(count, bounds, page.height)
-            upper, upper_op = oldest, "$lte"
-            seen_at_upper = _ids_at(page, spec, upper)
+            page = self._sized_page(walk)
+            full = page.count >= walk.count
+            self._check_bounds(page.frame, walk.bounds, full=full, first=walk.pages == 1)
+            fresh = walk.fresh(page)
+            if fresh.count:
+                yield fresh
+            if not walk.advance(page, full=full, widen=self._widen):
+                return  # a page brought nothing older than what was taken: the window is done
 
-    def _check_bounds(self, page: pl.DataFrame, bounds: _Bounds, *, full: bool) -> None:
-        """Refuse a full page holding documents outside the bounds asked for.
+    def _sized_page(self, walk: _Walk) -> ParsedDocuments:
+        """The next page; a page over the size cap is asked again with a quarter the count."""
+        while True:
+            walk.requests += 1
+            try:
+                page = self._get(walk.spec.path, walk.params())
+                walk.pages += 1
+                return page
+            except BodyTooLarge as exc:
+                if walk.count <= 1:
+                    raise NightscoutTooLarge(
+                        f"Nightscout at {self._base()}{walk.spec.path} answered more than "
+                        f"{exc.limit:,} bytes even for count=1 ({walk.bounds.text()}): one "
+                        "document that large is not CGM data, or the server ignores count. "
+                        "Check the site; nothing was written for this window") from None
+                smaller = max(1, walk.count // 4)
+                logger.warning("Nightscout %s%s: the answer to count=%d is over %s bytes; "
+                               "asking for %d at a time", self._base(), walk.spec.path,
+                               walk.count, f"{exc.limit:,}", smaller)
+                walk.too_large = min(walk.too_large or walk.count, walk.count)
+                walk.count = smaller
+
+    def _check_bounds(self, page: pl.DataFrame, bounds: _Bounds, *, full: bool,
+                      first: bool) -> None:
+        """Refuse a page holding documents outside the bounds asked for, unless it is the
+        window's first page and a short one.
 
         A server that ignores ``find[...]`` (an old or non-Nightscout API, a proxy or cache
         that drops the query string) answers every page with the same newest documents:
-        paging on would never end, or fetch them twice. A short page ends the window
-        instead, so its strays are kept (shaping rejects those outside the window, with
-        the reason) and only logged here.
+        paging on would never end, or fetch them twice. The strays of a short first page
+        are kept (shaping rejects those outside the window, with the reason) and logged;
+        a page after it holding strays shows the server ignores the filter.
         """
+        if page.height == 0:
+            return
         strays = page.filter(~bounds.holds(page))
         if strays.height == 0:
             return
         where = f"{self._base()}{bounds.spec.path}"
-        if not full:
+        if first and not full:
             logger.warning(
-                "Nightscout %s: %d of %d documents lie outside %s; the last page, so they "
-                "are kept and shaping sets them aside", where, strays.height, page.height,
-                bounds.text(),
-            )
+                "Nightscout %s: %d of %d documents lie outside %s; kept, and shaping sets "
+                "them aside", where, strays.height, page.height, bounds.text())
             return
         raise NightscoutBadResponse(
             f"Nightscout at {where} ignores the time filter: asked for {bounds.text()}, it "
@@ -226,48 +300,97 @@ class NightscoutClient:
             "this window"
         )
 
-    def _widen(self, count: int, bounds: _Bounds, height: int) -> int:
+    def _widen(self, walk: _Walk, height: int) -> int:
         """The next page size when a full page did not move the upper bound."""
-        if count >= _MAX_PAGE:
+        bounds = walk.bounds
+        if walk.count >= _MAX_PAGE or (walk.too_large and walk.count * 2 >= walk.too_large):
+            why = ("the page does not move" if walk.count >= _MAX_PAGE else
+                   "a page large enough to move past them is over the size cap")
             raise NightscoutBadResponse(
                 f"Nightscout at {self._base()}{bounds.spec.path} answered {height} documents "
-                f"all at {bounds.spec.time_field} {bounds.upper}, even for count={count}: the "
-                "page does not move, so paging cannot finish. Check the site's data and its "
-                "count handling; nothing was written for this window"
+                f"all at {bounds.spec.time_field} {bounds.upper}, even for count={walk.count}: "
+                f"{why}, so paging cannot finish. Check the site's data and its count "
+                "handling; nothing was written for this window"
             )
-        return count * 2
+        return walk.count * 2
 
-    def _get_frame(self, path: str, params: dict[str, str]) -> pl.DataFrame:
-        response = self._request(path, params)
-        return _parse_documents(response, self._where(response.request.url))
+    def _get(self, path: str, params: dict[str, str]) -> ParsedDocuments:
+        body, where, kind = self._request(path, params)
+        body = redact_bytes(body)  # a server echoing the credential cannot land it
+        stripped = body.removeprefix(_UTF8_BOM).lstrip()
+        if not stripped.startswith(b"["):
+            raise NightscoutBadResponse(
+                f"Nightscout answered {where} with {kind}, not a JSON array (starts "
+                f"{stripped[:60]!r}): is the URL a Nightscout site, and is its API enabled? "
+                "Nothing was written for this window"
+            )
+        try:
+            return parse_documents(body)
+        except NotDocuments as exc:
+            raise NightscoutBadResponse(
+                f"Nightscout answered {where} with a body that is not valid JSON documents "
+                f"({exc}); nothing was written for this window"
+            ) from None
 
-    def _request(self, path: str, params: dict[str, str]) -> httpx.Response:
+    def _request(self, path: str, params: dict[str, str]) -> tuple[bytes, str, str]:
+        """The body of a 2xx answer (retried past transient failures), where it came from
+        and its content type."""
+        where = f"{self._base()}{path}"
         for attempt in range(1, self.retry.attempts + 1):
+            retry_after = None
             try:
-                response = self._http.get(path, params=params)
-                self.requests_made += 1
-            except httpx.TransportError as exc:  # timeouts, resets, refused connections
-                problem = f"{type(exc).__name__}"
-                retry_after = None
-            else:
-                if response.status_code < 400:
-                    return response
-                _raise_for_client_error(response, self._where(response.request.url))
-                problem = f"HTTP {response.status_code}"
-                retry_after = _retry_after(response)
+                with deadline(self.limits.deadline_s) as at, \
+                        self._http.stream("GET", path, params=params) as response:
+                    self.requests_made += 1
+                    where = self._where(response.request.url)
+                    if response.status_code < 300:
+                        kind = response.headers.get("content-type", "unknown content type")
+                        return read_body(response, self.limits, at), where, kind
+                    self._refuse(response, where, at)
+                    problem = f"HTTP {response.status_code}"
+                    retry_after = _retry_after(response)
+            except DeadlineExceeded:
+                problem = self._late()
+            except httpx.TimeoutException as exc:  # a read cut at the deadline, or its own
+                problem = self._late() if _past(at) else type(exc).__name__
+            except httpx.TransportError as exc:  # resets, refused connections, protocol errors
+                problem = type(exc).__name__
+            except BodyUndecodable as exc:
+                raise NightscoutBadResponse(
+                    f"Nightscout answered {where} with a body Cascade cannot decode ({exc}); "
+                    "nothing was written for this window") from None
+            except httpx.HTTPError as exc:
+                raise NightscoutError(f"Nightscout at {where}: {type(exc).__name__}: {exc}"
+                                      ) from None
             if attempt == self.retry.attempts:
                 break
             wait = self.retry.delay(attempt, retry_after)
-            logger.warning(
-                "Nightscout %s%s: %s, retry %d/%d in %.1fs",
-                self._base(), path, problem, attempt, self.retry.attempts - 1, wait,
-            )
+            logger.warning("Nightscout %s: %s, retry %d/%d in %.1fs", where, problem, attempt,
+                           self.retry.attempts - 1, wait)
             self.sleep(wait)
         raise NightscoutUnavailable(
             f"Nightscout at {self._base()} kept failing for {path} ({problem}) after "
             f"{self.retry.attempts} attempts: check the site is up, then re-run; "
             "nothing was written for this window"
         )
+
+    def _refuse(self, response: httpx.Response, where: str, at: float) -> None:
+        """Raise for a redirect or a 4xx that a retry cannot fix; return for 429/5xx."""
+        status = response.status_code
+        if status < 400:
+            location = response.headers.get("location")
+            target = sanitize_url(response.request.url.join(location)) if location else \
+                "nowhere (no Location header)"
+            raise NightscoutRedirected(
+                f"Nightscout at {where} answered {status}, a redirect to {target}: Cascade "
+                "does not follow redirects (the credential would go with it). If the site "
+                "moved, set NIGHTSCOUT_URL (or the nightscout-site block's url) to the new "
+                "address; nothing was written for this window", target)
+        excerpt = redact_bytes(read_prefix(response, _ERROR_EXCERPT, at, self.limits.deadline_s))
+        _raise_for_client_error(status, excerpt.decode("utf-8", "replace"), where)
+
+    def _late(self) -> str:
+        return f"no complete answer within the {self.limits.deadline_s:g} s deadline"
 
     def _base(self) -> str:
         return sanitize_url(self.settings.url.rstrip("/"))
@@ -276,8 +399,11 @@ class NightscoutClient:
         return sanitize_url(url)
 
 
-def _raise_for_client_error(response: httpx.Response, where: str) -> None:
-    status = response.status_code
+def _past(at: float) -> bool:
+    return time.monotonic() >= at - 0.01
+
+
+def _raise_for_client_error(status: int, text: str, where: str) -> None:
     if status in (401, 403):
         raise NightscoutAuthError(
             f"Nightscout answered {status} for {where}: check the API secret or token "
@@ -290,7 +416,7 @@ def _raise_for_client_error(response: httpx.Response, where: str) -> None:
             "points at the site root, without /api/v1"
         )
     if status not in _RETRY_STATUSES:
-        raise NightscoutError(f"Nightscout answered {status} for {where}: {response.text[:200]!r}")
+        raise NightscoutError(f"Nightscout answered {status} for {where}: {text[:200]!r}")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -308,71 +434,57 @@ def _retry_after(response: httpx.Response) -> float | None:
     return float(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
 
 
-def _parse_documents(response: httpx.Response, where: str) -> pl.DataFrame:
-    """Parse a JSON array of documents with Polars; anything else is a clear error."""
-    body = response.content.removeprefix(_UTF8_BOM)
-    stripped = body.lstrip()
-    if not stripped.startswith(b"["):
-        kind = response.headers.get("content-type", "unknown content type")
-        raise NightscoutBadResponse(
-            f"Nightscout answered {response.status_code} for {where} with {kind}, not a JSON "
-            f"array (starts {stripped[:60]!r}): is the URL a Nightscout site, and is its API "
-            "enabled? Nothing was written for this window"
-        )
-    if stripped.rstrip() == b"[]":
-        return pl.DataFrame()
-    try:
-        body.decode("utf-8")  # Polars would let some broken bytes through into the rows
-        try:
-            frame = pl.read_json(io.BytesIO(body), infer_schema_length=None)
-        except (pl.exceptions.PolarsError, ValueError):
-            frame = _read_uneven(body)  # valid JSON whose documents disagree on a field's type
-        if frame.width == 0:
-            frame = _read_uneven(body)  # only empty documents: Polars may lose them
-    except (pl.exceptions.PolarsError, ValueError) as exc:  # all mean: not the JSON we expect
-        raise NightscoutBadResponse(
-            f"Nightscout answered {where} with a body that is not valid JSON documents "
-            f"({type(exc).__name__}: {str(exc)[:160]}); nothing was written for this window"
-        ) from None
-    return frame
-
-
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
-def _refuse_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
+class _Walk:
+    """Where paging back through one window stands: the bounds and count of the next page,
+    what was taken at the boundary time, and what the server's answers showed."""
 
+    def __init__(self, spec: Collection, start: datetime, end: datetime, count: int) -> None:
+        self.spec = spec
+        self.lower: int | str = _epoch_ms(start) if spec.numeric_time else _iso_ms(start)
+        upper: int | str = _epoch_ms(end) if spec.numeric_time else _iso_ms(end)
+        self.bounds = _Bounds(spec, self.lower, upper, "$lt")
+        self.count = self.asked = count
+        self.requests = self.pages = 0
+        self.too_large: int | None = None  # the smallest count whose answer was too large
+        self.page_cap: int | None = None
+        self._seen = pl.Series("_id", [], pl.String)  # ids taken at the boundary time
+        self._unreadable: set[str] = set()  # set-aside documents taken (their payload)
+        self._short: int | None = None  # a page shorter than asked, not yet known as the end
 
-def _read_uneven(body: bytes) -> pl.DataFrame:
-    """Documents whose fields disagree on type across documents (an object in one, a number
-    in another): each such field is read on its own, and kept as JSON text if it still
-    cannot be one column. The rare slow path; the usual body never comes here.
+    def params(self) -> dict[str, str]:
+        return {**self.bounds.params(), "count": str(self.count)}
 
-    Raises:
-        ValueError: the body is not a JSON array of objects.
-    """
-    docs = json.loads(body, parse_constant=_refuse_constant)
-    if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
-        raise ValueError("an array holding something other than JSON objects")
-    keys = list(dict.fromkeys(k for d in docs for k in d))
-    if not keys:
-        return pl.DataFrame(height=len(docs))  # documents without a single field
-    return pl.DataFrame([_read_field(key, [d.get(key) for d in docs]) for key in keys])
+    def fresh(self, page: ParsedDocuments) -> ParsedDocuments:
+        """What ``page`` holds that was not taken already."""
+        upper = self.bounds.upper if self.bounds.upper_op == "$lte" else None
+        frame = _drop_seen(page.frame, self.spec, upper, self._seen)
+        aside = tuple(s for s in page.set_aside if s.payload not in self._unreadable)
+        self._unreadable.update(s.payload for s in aside)
+        if (frame.height or aside) and self._short is not None:  # a short page was not the end
+            self.page_cap = max(self.page_cap or 0, self._short)
+        return ParsedDocuments(frame, aside)
 
-
-def _read_field(key: str, values: list[object]) -> pl.Series:
-    """One field of every document as a column; as JSON text if its types cannot mix."""
-    rows = json.dumps([{key: v} for v in values], separators=(",", ":")).encode()
-    try:
-        column = pl.read_json(io.BytesIO(rows), infer_schema_length=None)
-        if column.height == len(values) and column.columns == [key]:
-            return column.to_series()
-    except (pl.exceptions.PolarsError, ValueError):
-        pass
-    text = [v if v is None or isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-            for v in values]
-    return pl.Series(key, text, pl.String())
+    def advance(self, page: ParsedDocuments, *, full: bool,
+                widen: Callable[[_Walk, int], int]) -> bool:
+        """Move the bounds past ``page``; False when nothing can come after it."""
+        self._short = page.count if 0 < page.count < self.count else None
+        self.asked = max(self.asked, self.count)
+        inside = page.frame.filter(self.bounds.holds(page.frame)) if page.frame.height \
+            else page.frame
+        oldest = _oldest(inside, self.spec) if inside.height else None
+        if oldest is None or (oldest == self.bounds.upper and self.bounds.upper_op == "$lte"):
+            if not full:
+                return False  # everything at or before the bound is taken
+            self.count = widen(self, page.count)  # a full page at one time: ask for more
+            if oldest is not None:
+                self._seen = pl.concat([self._seen, _ids_at(inside, self.spec, oldest)])
+            return True
+        self.bounds = _Bounds(self.spec, self.lower, oldest, "$lte")
+        self._seen = _ids_at(inside, self.spec, oldest)
+        return True
 
 
 _ISO: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
@@ -442,9 +554,9 @@ def _time_is(spec: Collection, value: int | str) -> pl.Expr:
 
 
 def _drop_seen(
-    page: pl.DataFrame, spec: Collection, upper: int | str, seen: pl.Series
+    page: pl.DataFrame, spec: Collection, upper: int | str | None, seen: pl.Series
 ) -> pl.DataFrame:
-    if seen.len() == 0 or page.height == 0 or "_id" not in page.columns:
+    if upper is None or seen.len() == 0 or page.height == 0 or "_id" not in page.columns:
         return page
     already = _time_is(spec, upper) & pl.col("_id").cast(pl.String).is_in(seen.implode())
     return page.filter(~already)
@@ -456,11 +568,8 @@ def _ids_at(page: pl.DataFrame, spec: Collection, upper: int | str) -> pl.Series
     return page.filter(_time_is(spec, upper)).get_column("_id").cast(pl.String)
 
 
-def _oldest(page: pl.DataFrame, spec: Collection, where: str) -> int | str:
-    if spec.time_field not in page.columns:
-        raise NightscoutBadResponse(
-            f"Nightscout answered {where} with documents that have no {spec.time_field!r}"
-        )
+def _oldest(page: pl.DataFrame, spec: Collection) -> int | str:
+    """The oldest time of documents inside the bounds (so all have one)."""
     column = page.get_column(spec.time_field)
     if spec.numeric_time:
         oldest = column.cast(pl.Float64, strict=False).min()

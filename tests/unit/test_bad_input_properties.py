@@ -2,9 +2,10 @@
 
 Each generated document ends as exactly one of: a committed row, a recorded duplicate,
 or a recorded reject (with its reason) — never silently dropped, never an unhandled
-exception. Bodies that are not a JSON array of documents (truncated, HTML with status 200,
-non-UTF-8 bytes, a ``NaN`` token, ...) fail the window with ``NightscoutBadResponse``, and
-then nothing at all is committed to the branch.
+exception. A document holding bytes that are not UTF-8 is set aside with its reason and the
+rest are read. Bodies that are not a JSON array of documents (truncated, HTML with status
+200, non-UTF-8 bytes between documents, a ``NaN`` token, ...) fail the window with
+``NightscoutBadResponse``, and then nothing at all is committed to the branch.
 
 Documents are generated for entries, treatments and devicestatus with: missing fields,
 wrong types (lists and objects where numbers belong, and the other way round), strings for
@@ -138,9 +139,13 @@ def _batch(draw: st.DrawFn, collection: str) -> list[Doc]:
 
 
 def _client(bodies: dict[str, bytes], *, page_size: int = 10_000) -> NightscoutClient:
+    """A server holding ``bodies``: it answers a window's first page (the one bounded by
+    ``$lt``) with them, and the page after it with none. Its documents have odd times, so
+    no time filter could select them: it answers them all at once instead."""
     def answer(request: httpx.Request) -> httpx.Response:
         name = next(c for c in bodies if f"/{c}.json" in request.url.path)
-        return httpx.Response(200, content=bodies[name])
+        first = any(k.endswith("[$lt]") for k in request.url.params) or "profile" in name
+        return httpx.Response(200, content=bodies[name] if first else b"[]")
 
     return NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
                             transport=httpx.MockTransport(answer),
@@ -180,7 +185,7 @@ def test_every_record_is_committed_duplicated_or_rejected(collection: str,
     docs = data.draw(_batch(collection))
     ctx = _ctx(data.draw(_INGESTED))
     table = RAW_TABLES[collection]
-    frame = _client({collection: _body(docs)}).fetch_window(collection, START, END)
+    frame = _client({collection: _body(docs)}).fetch_window(collection, START, END).frame
     assert frame.height == len(docs)  # no document lost while parsing
     shaped = shape(collection, frame, ctx)
     checked = check(collection, shaped.rows, ctx)
@@ -207,7 +212,7 @@ def test_every_record_is_committed_duplicated_or_rejected(collection: str,
 def test_unmodelled_fields_survive_in_extra_exactly(fields: list[dict[str, str]]) -> None:
     docs = [{"_id": f"t{i}", "eventType": "Note", "created_at": _iso(T0 + i, 0), **extra}
             for i, extra in enumerate(fields)]
-    frame = _client({"treatments": _body(docs)}).fetch_window("treatments", START, END)
+    frame = _client({"treatments": _body(docs)}).fetch_window("treatments", START, END).frame
     rows = shape("treatments", frame, _ctx()).rows.sort("treatment_id")
     assert [json.loads(text) for text in rows.get_column("extra")] == fields
 
@@ -216,7 +221,7 @@ def test_duplicate_ids_with_different_content_keep_the_first_and_record_the_rest
     docs: list[Doc] = [{"_id": "x", "type": "sgv", "sgv": 100, "date": T0 + 1},
                        {"_id": "x", "type": "sgv", "sgv": 250, "date": T0 + 5},
                        {"_id": "x", "type": "mbg", "mbg": "90", "date": "oops"}]
-    frame = _client({"entries": _body(docs)}).fetch_window("entries", START, END)
+    frame = _client({"entries": _body(docs)}).fetch_window("entries", START, END).frame
     shaped = shape("entries", frame, _ctx())
     assert shaped.rows.get_column("sgv_mg_dl").to_list() == [100]
     assert shaped.duplicates.get_column("reason").to_list() == ["same_id"]
@@ -226,7 +231,7 @@ def test_duplicate_ids_with_different_content_keep_the_first_and_record_the_rest
 def test_unknown_event_types_are_kept_and_empty_ones_rejected() -> None:
     docs: list[Doc] = [{"_id": "t1", "eventType": "Frobnicate", "created_at": "2024-03-01T01:00:00Z"},
                        {"_id": "t2", "eventType": "", "created_at": "2024-03-01T02:00:00Z"}]
-    frame = _client({"treatments": _body(docs)}).fetch_window("treatments", START, END)
+    frame = _client({"treatments": _body(docs)}).fetch_window("treatments", START, END).frame
     checked = check("treatments", shape("treatments", frame, _ctx()).rows, _ctx())
     assert checked.valid.get_column("event_type").to_list() == ["Frobnicate"]
     assert "event_type" in checked.rejects.get_column("reason")[0]
@@ -235,7 +240,7 @@ def test_unknown_event_types_are_kept_and_empty_ones_rejected() -> None:
 def test_records_ahead_of_the_ingestion_clock_are_rejected_with_the_reason() -> None:
     docs: list[Doc] = [{"_id": "s1", "device": "d", "created_at": "2024-03-01T20:00:00Z"}]
     early = _ctx(START - timedelta(days=2))
-    frame = _client({"devicestatus": _body(docs)}).fetch_window("devicestatus", START, END)
+    frame = _client({"devicestatus": _body(docs)}).fetch_window("devicestatus", START, END).frame
     checked = check("devicestatus", shape("devicestatus", frame, early).rows, early)
     assert checked.valid.height == 0
     assert "not more than a day after ingestion" in checked.rejects.get_column("reason")[0]
@@ -245,7 +250,7 @@ def test_records_ahead_of_the_ingestion_clock_are_rejected_with_the_reason() -> 
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_crash_the_parser(body: bytes) -> None:
     try:
-        frame = _client({"entries": body}).fetch_window("entries", START, END)
+        frame = _client({"entries": body}).fetch_window("entries", START, END).frame
     except NightscoutBadResponse:
         return
     assert isinstance(frame, pl.DataFrame)
@@ -270,15 +275,15 @@ def _good(collection: str) -> list[Doc]:
 def _bad_body(draw: st.DrawFn) -> bytes:
     """A body that is not a JSON array of documents, in one of the ways sources fail."""
     good = _body(_good("entries"))
-    kind = draw(st.sampled_from(["truncated", "html", "non-utf8", "nan", "non-objects",
-                                 "object", "empty", "bytes"]))
+    kind = draw(st.sampled_from(["truncated", "html", "non-utf8-outside", "nan",
+                                 "non-objects", "object", "empty", "bytes"]))
     if kind == "truncated":
         return good[: draw(st.integers(1, len(good) - 1))]
     if kind == "html":
         return draw(st.sampled_from([b"<!DOCTYPE html><title>502 Bad Gateway</title>",
                                      b"<html><body>Please log in</body></html>", b"\n  <h1>"]))
-    if kind == "non-utf8":
-        cut = good.index(b'"g6"', draw(st.integers(0, len(good) // 2))) + 2
+    if kind == "non-utf8-outside":  # between documents: no document to set aside
+        cut = good.index(b"}, {", draw(st.integers(0, len(good) // 2))) + 2
         return good[:cut] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80"])) + \
             good[cut:]
     if kind == "nan":
@@ -315,6 +320,22 @@ def test_a_window_with_a_bad_body_commits_nothing(seeded: EmbeddedBranchCatalog,
     assert _snapshots(seeded, "run-bad") == before
     assert seeded.ref("run-bad").hash == ref_before
     assert len(before) == 6  # three raw tables and three audit tables were there to damage
+
+
+@settings(FAST, max_examples=10)
+@given(bad_byte=st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80"]),
+       at=st.integers(0, 29))
+def test_a_document_with_bytes_that_are_not_utf8_is_set_aside_and_the_rest_read(
+        bad_byte: bytes, at: int) -> None:
+    docs = _good("entries")
+    parts = [_body([d])[1:-1] for d in docs]
+    parts[at] = parts[at].replace(b'"g6"', b'"g' + bad_byte + b'"')
+    fetched = _client({"entries": b"[" + b", ".join(parts) + b"]"}).fetch_window(
+        "entries", START, END)
+    assert sorted(fetched.frame.get_column("_id")) == sorted(f"e{i}" for i in range(30)
+                                                             if i != at)
+    assert [s.record_id for s in fetched.set_aside] == [f"e{at}"]
+    assert fetched.set_aside[0].reason.startswith("unreadable document: not valid UTF-8")
 
 
 @settings(FAST, max_examples=5, suppress_health_check=[HealthCheck.function_scoped_fixture,

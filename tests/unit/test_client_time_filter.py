@@ -58,7 +58,7 @@ def _fetch(sim: SimulatorServer, transport: _Capped, collection: str, start: dat
     with NightscoutClient(NightscoutSettings(sim.url_for("a"), "a"), page_size=PAGE,
                           retry=RetryPolicy(attempts=1), transport=transport,
                           sleep=lambda s: None) as client:
-        return client.fetch_window(collection, start, end)
+        return client.fetch_window(collection, start, end).frame
 
 
 def _newest(collection: str, n: int) -> list[dict[str, Any]]:

@@ -26,6 +26,10 @@ END = START + timedelta(days=1)
 T0 = int(START.timestamp() * 1000)
 
 
+def _empty() -> httpx.Response:
+    return httpx.Response(200, json=[])
+
+
 def _entries(times_ms: list[int]) -> list[dict[str, object]]:
     return [{"_id": f"id{i:04d}", "type": "sgv", "sgv": 100, "date": t, "device": "g6"}
             for i, t in enumerate(times_ms)]
@@ -63,7 +67,7 @@ def _client(handler: Callable[..., httpx.Response], *, page_size: int = 5, attem
 def test_fetch_pages_past_count_limit() -> None:
     docs = _entries([T0 + i * 300_000 for i in range(23)])
     seen: list[httpx.Request] = []
-    frame = _client(_fake_entries(docs, seen)).fetch_window("entries", START, END)
+    frame = _client(_fake_entries(docs, seen)).fetch_window("entries", START, END).frame
     assert frame.height == 23
     assert frame.get_column("_id").n_unique() == 23
     assert len(seen) >= 5
@@ -73,19 +77,19 @@ def test_fetch_keeps_records_sharing_the_page_boundary_time() -> None:
     # 3 records at the same millisecond straddle the first page's boundary
     times = [T0 + 1000, T0 + 2000, T0 + 2000, T0 + 2000, T0 + 3000, T0 + 4000, T0 + 5000]
     docs = _entries(times)
-    frame = _client(_fake_entries(docs, []), page_size=5).fetch_window("entries", START, END)
+    frame = _client(_fake_entries(docs, []), page_size=5).fetch_window("entries", START, END).frame
     assert sorted(frame.get_column("_id").to_list()) == sorted(d["_id"] for d in docs)
 
 
 def test_fetch_widens_page_when_one_timestamp_fills_it() -> None:
     docs = _entries([T0 + 7000] * 12 + [T0 + 1000])
-    frame = _client(_fake_entries(docs, []), page_size=4).fetch_window("entries", START, END)
+    frame = _client(_fake_entries(docs, []), page_size=4).fetch_window("entries", START, END).frame
     assert frame.height == 13
 
 
 def test_fetch_window_excludes_records_outside_window() -> None:
     docs = _entries([T0 - 1, T0, T0 + 86_400_000 - 1, T0 + 86_400_000])
-    frame = _client(_fake_entries(docs, [])).fetch_window("entries", START, END)
+    frame = _client(_fake_entries(docs, [])).fetch_window("entries", START, END).frame
     assert sorted(frame.get_column("date").to_list()) == [T0, T0 + 86_400_000 - 1]
 
 
@@ -108,7 +112,7 @@ def test_token_sent_as_query_parameter_and_redacted_in_logs() -> None:
 def test_retries_5xx_and_429_then_succeeds() -> None:
     answers = iter([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "0"}),
                     httpx.Response(200, json=_entries([T0 + 5]))])
-    frame = _client(lambda r: next(answers)).fetch_window("entries", START, END)
+    frame = _client(lambda r: next(answers, _empty())).fetch_window("entries", START, END).frame
     assert frame.height == 1
 
 
@@ -121,8 +125,8 @@ def test_retries_timeouts_then_succeeds() -> None:
             raise httpx.ReadTimeout("slow", request=request)
         return httpx.Response(200, json=_entries([T0 + 5]))
 
-    assert _client(flaky).fetch_window("entries", START, END).height == 1
-    assert calls["n"] == 2
+    assert _client(flaky).fetch_window("entries", START, END).frame.height == 1
+    assert calls["n"] == 3  # the timeout, the page, and the page after it (nothing new)
 
 
 def test_gives_up_after_bounded_attempts_with_clear_error() -> None:
@@ -175,7 +179,7 @@ def test_treatments_page_by_created_at_strings() -> None:
         return httpx.Response(200, json=[{"_id": "t1", "eventType": "Note",
                                           "created_at": "2024-03-01T10:00:00.000Z"}])
 
-    frame = _client(handler).fetch_window("treatments", START, END)
+    frame = _client(handler).fetch_window("treatments", START, END).frame
     assert frame.height == 1
     params = seen[0].url.params
     assert params["find[created_at][$gte]"] == "2024-03-01T00:00:00.000Z"
@@ -185,7 +189,7 @@ def test_treatments_page_by_created_at_strings() -> None:
 def test_mixed_value_types_parse_in_one_batch() -> None:
     docs = [{"_id": "a", "type": "sgv", "sgv": "123", "date": T0 + 1},
             {"_id": "b", "type": "sgv", "sgv": 124, "date": T0 + 2}]
-    frame = _client(lambda r: httpx.Response(200, json=docs)).fetch_window("entries", START, END)
+    frame = _client(_fake_entries(docs, [])).fetch_window("entries", START, END).frame
     assert frame.get_column("sgv").cast(pl.Int64).sort().to_list() == [123, 124]
 
 
@@ -196,10 +200,10 @@ def test_retry_after_http_date_is_honoured() -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
     answers = iter([httpx.Response(429, headers={"Retry-After": when}),
                     httpx.Response(200, json=_entries([T0 + 5]))])
-    client = _client(lambda r: next(answers))
+    client = _client(lambda r: next(answers, _empty()))
     client.retry = RetryPolicy(attempts=3, base_s=0.01, max_s=10)
     client.sleep = waits.append
-    assert client.fetch_window("entries", START, END).height == 1
+    assert client.fetch_window("entries", START, END).frame.height == 1
     assert 1.0 < waits[0] <= 3.0
 
 
@@ -246,7 +250,7 @@ def test_full_pages_of_treatments_inside_the_window_as_instants_are_paged() -> N
                      else datetime.fromisoformat(str(d["created_at"])) <= upper)]
         return httpx.Response(200, json=rows[: int(q["count"])])
 
-    frame = _client(by_instant, page_size=5).fetch_window("treatments", START, END)
+    frame = _client(by_instant, page_size=5).fetch_window("treatments", START, END).frame
     assert frame.height == 5
 
 

@@ -31,7 +31,7 @@ TRANSIENT: dict[str, dict[str, Any]] = {
     "500": {"status": 500},
     "503": {"status": 503},
     "429 with Retry-After": {"status": 429, "retry_after": 0.05},
-    "timeout": {"delay_s": 0.5},
+    "timeout": {"delay_s": 1.5},
     "reset mid-body": {"reset": True},
 }
 
@@ -53,7 +53,7 @@ def branches(tmp_path: Path, sim: SimulatorServer) -> EmbeddedBranchCatalog:
 def _client(sim: SimulatorServer, waits: list[float], *, attempts: int = 4,
             page_size: int = 5000) -> NightscoutClient:
     return NightscoutClient(NightscoutSettings(sim.url_for("a"), "a"), page_size=page_size,
-                            timeout_s=0.2, retry=RetryPolicy(attempts, base_s=0.01, max_s=1.0),
+                            timeout_s=1.0, retry=RetryPolicy(attempts, base_s=0.01, max_s=1.0),
                             sleep=waits.append)
 
 
@@ -195,8 +195,12 @@ def test_clock_skewed_treatments_land_once_in_their_utc_window(
         q = request.url.params
         if "treatments" not in request.url.path:
             return httpx.Response(200, json=[])
-        low, high = q["find[created_at][$gte]"], q["find[created_at][$lt]"]
-        return httpx.Response(200, json=[d for d in docs if low <= d["created_at"] < high])
+        low = q["find[created_at][$gte]"]
+        if "find[created_at][$lt]" in q:
+            high = q["find[created_at][$lt]"]
+            return httpx.Response(200, json=[d for d in docs if low <= d["created_at"] < high])
+        high = q["find[created_at][$lte]"]
+        return httpx.Response(200, json=[d for d in docs if low <= d["created_at"] <= high])
 
     client = NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
                               transport=httpx.MockTransport(by_text), sleep=lambda s: None)
