@@ -9,7 +9,7 @@ be placed at all (no usable time, or a time outside the requested window) as rej
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from polars.datatypes import DataTypeClass
 
+from tasks.json_documents import SetAside
 from tasks.tables import DUPLICATES_SCHEMA, REJECTS_SCHEMA, RawTable, raw_table
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "profile_timezone",
     "set_aside",
     "shape",
+    "unreadable_rejects",
 ]
 
 _UTC = pl.Datetime("us", "UTC")
@@ -132,6 +134,8 @@ def _utc_text(text: pl.Expr) -> pl.Expr:
 
 
 _ISO_OFFSET: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
+_EPOCH_MS_FIRST: Final = 946_684_800_000  # 2000-01-01
+_EPOCH_MS_END: Final = 253_402_300_800_000  # 10000-01-01
 _ISO_NAIVE: Final = "%Y-%m-%dT%H:%M:%S%.f"
 
 
@@ -139,8 +143,10 @@ def _epoch_to_utc(docs: pl.DataFrame, name: str) -> pl.Expr:
     if name not in docs.columns:
         return pl.lit(None, _UTC)
     millis = pl.col(name).cast(pl.Float64, strict=False)
-    # epoch ms between 2000 and 2100; anything else is not a plausible Nightscout time
-    plausible = (millis > 946_684_800_000) & (millis < 4_102_444_800_000)
+    # Epoch ms in the years 2000 to 9999. Earlier is not a CGM reading (seconds sent for
+    # milliseconds land in 1970: the next time field is tried instead); a valid later
+    # date is a time, placed and then set aside as outside the window, not "unparsable".
+    plausible = (millis > _EPOCH_MS_FIRST) & (millis < _EPOCH_MS_END)
     return (
         pl.when(plausible)
         .then(pl.from_epoch((millis * 1000).cast(pl.Int64, strict=False), time_unit="us"))
@@ -162,12 +168,14 @@ def _offset_minutes(docs: pl.DataFrame, name: str) -> pl.Expr:
     )
 
 
-def _first_present(docs: pl.DataFrame, primary: pl.Expr, name: str, fallback: pl.Expr) -> pl.Expr:
-    """``primary``, falling back to ``fallback`` only if some rows lack field ``name``.
+def _first_present(docs: pl.DataFrame, primary: pl.Expr, fallback: pl.Expr) -> pl.Expr:
+    """``primary``, and ``fallback`` where it is null.
 
-    Skips computing the (costly, string-parsing) fallback for batches that never need it.
+    The (costly, string-parsing) fallback is skipped for a batch in which ``primary`` is
+    null nowhere. That is decided on ``primary``'s values, not on which fields the batch's
+    documents carry, so a row's result never depends on its neighbours.
     """
-    if name in docs.columns and docs.get_column(name).null_count() == 0:
+    if docs.select(primary.null_count()).item() == 0:
         return primary
     return pl.coalesce(primary, fallback)
 
@@ -421,7 +429,7 @@ def _record_id(docs: pl.DataFrame, synthetic: list[str]) -> pl.Expr:
     """Nightscout's ``_id``; else a readable id from the fields that identify the record."""
     given = _col(docs, "_id", pl.String())
     parts = [_col(docs, c, pl.String()).fill_null("") for c in synthetic]
-    return _first_present(docs, given, "_id", pl.concat_str([pl.lit("syn"), *parts], separator="|"))
+    return _first_present(docs, given, pl.concat_str([pl.lit("syn"), *parts], separator="|"))
 
 
 # --------------------------------------------------------------------------- per table
@@ -444,12 +452,13 @@ def _entries(docs: pl.DataFrame, ctx: ShapeContext) -> list[pl.Expr]:
     return [
         _record_id(docs, ["device", "date", "type"]).alias("entry_id"),
         entry_type.alias("entry_type"),
-        _first_present(docs, _epoch_to_utc(docs, "date"), "date", _iso_to_utc(docs, "dateString"))
+        _first_present(docs, _epoch_to_utc(docs, "date"),
+                       pl.coalesce(_iso_to_utc(docs, "dateString"), _iso_to_utc(docs, "date")))
         .alias("entry_at"),
         _col(docs, "date", pl.Float64()).cast(pl.Int64, strict=False).alias("entry_epoch_ms"),
         _col(docs, "dateString", pl.String()).alias("date_string"),
         _first_present(
-            docs, _col(docs, "utcOffset", pl.Int32()), "utcOffset",
+            docs, _col(docs, "utcOffset", pl.Int32()),
             _offset_minutes(docs, "dateString"),
         ).alias("utc_offset_min"),
         _col(docs, "device", pl.String()).alias("device"),
@@ -602,7 +611,8 @@ def _misplaced_reason(table: RawTable, ctx: ShapeContext) -> pl.Expr:
     at = pl.col(table.time_column)
     return (
         pl.when(at.is_null())
-        .then(pl.lit(f"no usable time: {table.time_column} missing or unparsable"))
+        .then(pl.lit(f"no usable time: {table.time_column} missing, unparsable, or an epoch "
+                     "time outside the years 2000-9999"))
         .otherwise(
             pl.lit(f"{table.time_column} ") + at.dt.to_string("%Y-%m-%dT%H:%M:%SZ")
             + pl.lit(" is outside the requested window "
@@ -696,6 +706,24 @@ def set_aside(
         pl.lit(ctx.ingested_at).cast(_UTC).alias("ingested_at"),
     )
     return out.select(schema.names()).cast(schema)
+
+
+def unreadable_rejects(docs: Sequence[SetAside], table_name: str, ctx: ShapeContext
+                       ) -> pl.DataFrame:
+    """Documents the client could not read (too deep, not UTF-8) as rejects, with the reason
+    and their text as payload; their time is unknown, so they count on the window's first
+    day."""
+    if not docs:
+        return empty_like(REJECTS_SCHEMA)
+    table = raw_table(table_name)
+    frame = pl.DataFrame({
+        table.id_column: [d.record_id for d in docs],
+        table.time_column: pl.Series([None] * len(docs), dtype=_UTC),
+        "__reason": [d.reason for d in docs],
+        "__payload": [d.payload for d in docs],
+    })
+    return set_aside(frame, table, ctx, reason=pl.col("__reason"),
+                     payload=pl.col("__payload"))
 
 
 # --------------------------------------------------------------------------- profile
