@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
+from tasks.simulator import hostile
 from tasks.simulator.generate import (
     Document,
     SiteConfig,
@@ -100,6 +101,15 @@ class Fault:
     path: str | None = None
     remaining: int = 1
     reset: bool = False
+    # hostile servers (tasks.simulator.hostile)
+    encoding: str | None = None  # send the answer compressed: gzip, deflate or zstd
+    bomb: int | None = None  # instead, a compressed empty array this many bytes decoded
+    huge: int | None = None  # instead, this many bytes of documents, whatever count asked
+    trickle_s: float = 0.0  # send the answer a piece at a time, this long between pieces
+    trickle_headers: bool = False  # ... from the status line on, one byte at a time
+    redirect: str | None = None  # answer 301 to this Location
+    echo_status: int | None = None  # answer this status, echoing the request's headers
+    mutate: hostile.BodyMutation | None = None  # change the answer's body
 
     def matches(self, path: str, site_path: str) -> bool:
         """Whether this fault applies to a request for ``path`` (full or site-relative)."""
@@ -113,6 +123,9 @@ class _Response:
     content_type: str = "application/json; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = ()
     reset: bool = False  # send half the body, then reset the connection
+    chunks: Iterator[bytes] | None = None  # a body streamed until the connection closes
+    trickle_s: float = 0.0  # seconds between the pieces of the answer
+    trickle_headers: bool = False  # trickle the status line and headers too
 
 
 @dataclass(frozen=True)
@@ -363,6 +376,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         response = self.server.simulator.respond(parts.path, parts.query, self.headers)
         try:
+            if response.chunks is not None or response.trickle_s:
+                self._write_slowly(response)
+                return
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
@@ -375,6 +391,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test): nothing to do
+
+    def _write_slowly(self, response: _Response) -> None:
+        """Write the answer piece by piece: trickled (a pause between pieces) and/or
+        streamed without a length (the connection closes after it)."""
+        head = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'OK')}",
+                f"Content-Type: {response.content_type}",
+                *(f"{k}: {v}" for k, v in response.headers)]
+        if response.chunks is None:
+            head.append(f"Content-Length: {len(response.body)}")
+        else:
+            head.append("Connection: close")
+            self.close_connection = True
+        raw_head = ("\r\n".join(head) + "\r\n\r\n").encode()
+        step = 1 if response.trickle_headers else len(raw_head)
+        pieces: Iterator[bytes] = (raw_head[i:i + step] for i in range(0, len(raw_head), step))
+        body = response.chunks if response.chunks is not None else (
+            response.body[i:i + 16] for i in range(0, len(response.body), 16))
+        for piece in _chain(pieces, body):
+            self.wfile.write(piece)
+            self.wfile.flush()
+            if response.trickle_s:
+                time.sleep(response.trickle_s)
 
     def _reset_mid_body(self, body: bytes) -> None:
         """Write half of ``body`` (Content-Length says all of it), then send a TCP reset."""
@@ -406,6 +444,7 @@ class SimulatorServer:
     port: int = 0
     history_days: int = 400
     auth_fail_delay_s: float = 0.0
+    page_cap: int | None = None  # answer at most this many documents, whatever count asks
     request_log: list[tuple[str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -486,13 +525,17 @@ class SimulatorServer:
         times: int = 1,
         path: str | None = None,
         reset: bool = False,
+        **hostile_behaviour: Any,
     ) -> Fault:
         """Queue a fault for the next ``times`` requests (under ``path``, if given).
 
-        ``reset`` answers normally but resets the connection half-way through the body.
+        ``reset`` answers normally but resets the connection half-way through the body;
+        ``hostile_behaviour`` takes ``Fault``'s hostile-server fields (``encoding``, ``bomb``,
+        ``huge``, ``trickle_s``, ``trickle_headers``, ``redirect``, ``echo_status``,
+        ``mutate``).
         """
         fault = Fault(status, body, content_type, retry_after, truncate, delay_s, path, times,
-                      reset)
+                      reset, **hostile_behaviour)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -533,6 +576,7 @@ class SimulatorServer:
                     response.content_type,
                     response.headers,
                 )
+        response = _hostile(fault, response, path, query, headers)
         with self._lock:
             self.request_log.append((path, query, response.status))
         return response
@@ -575,6 +619,8 @@ class SimulatorServer:
     def _find(self, site: SiteConfig, collection: str, type_: str | None, query: str) -> _Response:
         now_ms = int(self.current_time().timestamp() * 1000)
         q = _build_query(collection, type_, query, now_ms)
+        if self.page_cap is not None:
+            q = replace(q, count=min(q.count, self.page_cap))
         first, last = _day_span(q, self.first_day.toordinal(), now_ms // _DAY_MS + _EPOCH_ORDINAL)
         return _Response(200, _join(self._fragments(site, q, first, last)))
 
@@ -618,6 +664,38 @@ class SimulatorServer:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _hostile(fault: Fault | None, response: _Response, path: str, query: str,
+             headers: Any) -> _Response:
+    """``response`` as a hostile or broken server would send it (see ``Fault``)."""
+    if fault is None:
+        return response
+    if fault.echo_status is not None:
+        body = hostile.echo_request(fault.echo_status, hostile.header_map(headers), path, query)
+        return _Response(fault.echo_status, body)
+    if fault.redirect is not None:
+        return _Response(301, b"Moved Permanently", "text/plain",
+                         (("Location", fault.redirect),))
+    if fault.huge is not None:
+        return replace(response, status=200, body=b"",
+                       chunks=hostile.endless_documents(query, fault.huge))
+    body, extra = response.body, response.headers
+    if fault.mutate is not None:
+        body = fault.mutate(body)
+    if fault.bomb is not None:
+        body = hostile.bomb(fault.encoding or "gzip", fault.bomb)
+    elif fault.encoding is not None:
+        body = hostile.compress(body, fault.encoding)
+    if fault.bomb is not None or fault.encoding is not None:
+        extra = (*extra, ("Content-Encoding", fault.encoding or "gzip"))
+    return replace(response, body=body, headers=extra, trickle_s=fault.trickle_s,
+                   trickle_headers=fault.trickle_headers)
+
+
+def _chain(*parts: Iterator[bytes]) -> Iterator[bytes]:
+    for part in parts:
+        yield from part
 
 
 def _join(fragments: Iterator[bytes]) -> bytes:
