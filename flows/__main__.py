@@ -374,9 +374,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line."""
+    """Run the command line; a Cascade error ends it with its message as one line."""
+    from tasks.errors import CascadeError
+
     args = _parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except CascadeError as exc:  # the message says what failed and what to do
+        print(f"cascade: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ block: Slack, Microsoft Teams, email, ...; by default a ``Custom Webhook`` block
 * ``cascade-daily-stale``: the ``cascade-daily`` deployment has not completed a run for
   26 hours (a proactive trigger: it fires on the *absence* of ``prefect.flow-run.Completed``).
 
+And one that sends nothing: ``cascade-zombie-runs`` marks a flow run Crashed when its
+heartbeats stop (a process killed hard, out of memory, a node lost) for ``ZOMBIE_AFTER``,
+so no run stays Running for ever; the Crashed state then reaches ``cascade-flow-run-failed``.
+Every flow run sends a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds
+(Prefect's default, ``HEARTBEAT_S``, is what ``ZOMBIE_AFTER`` allows three times over; a run
+set to beat more slowly needs a longer ``after``).
+
 ``apply_automations`` updates an automation of the same name in place, or creates it, so
 applying twice leaves exactly one of each.
 
@@ -27,6 +34,7 @@ from uuid import UUID
 
 from prefect.automations import (
     AutomationCore,
+    ChangeFlowRunState,
     EventTrigger,
     Posture,
     ResourceSpecification,
@@ -34,15 +42,21 @@ from prefect.automations import (
 )
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.schemas.objects import StateType
 
 from tasks.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ALERT_BLOCK",
     "FAILED_NAME",
+    "HEARTBEAT_S",
     "STALE_NAME",
+    "ZOMBIE_AFTER",
+    "ZOMBIE_NAME",
     "apply_automations",
+    "apply_zombie_detection",
     "build_automations",
+    "build_zombie_detection",
     "delete_automations",
     "ensure_webhook_block",
 ]
@@ -53,6 +67,12 @@ STALE_NAME = "cascade-daily-stale"
 TAG = "cascade"
 DAILY_DEPLOYMENT = "cascade-daily"
 STALE_AFTER = timedelta(hours=26)
+ZOMBIE_NAME = "cascade-zombie-runs"
+HEARTBEAT_S = 180  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY's default (its minimum is 30)
+ZOMBIE_AFTER = timedelta(seconds=3 * HEARTBEAT_S + 60)  # three heartbeats missed, and a margin
+ZOMBIE_MESSAGE = ("No heartbeat from this flow run for {seconds} s: its process was killed or "
+                  "its machine lost (marked Crashed by the cascade-zombie-runs automation). "
+                  "Nothing was promoted; re-run it with the same parameters.")
 
 FAILED_SUBJECT = "Cascade: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
 FAILED_BODY = """\
@@ -112,7 +132,29 @@ def build_automations(block_document_id: UUID) -> list[AutomationCore]:
         actions=[SendNotification(block_document_id=block_document_id,
                                   subject=STALE_SUBJECT, body=STALE_BODY)],
     )
-    return [failed, stale]
+    return [failed, stale, build_zombie_detection()]
+
+
+def build_zombie_detection(after: timedelta = ZOMBIE_AFTER) -> AutomationCore:
+    """Mark a flow run Crashed when no heartbeat (and no end) came from it for ``after``."""
+    return AutomationCore(
+        name=ZOMBIE_NAME,
+        description="Mark a flow run Crashed when its heartbeats stop (a killed process).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=after,
+        ),
+        actions=[ChangeFlowRunState(
+            name=None, state=StateType.CRASHED, force=False,
+            message=ZOMBIE_MESSAGE.format(seconds=int(after.total_seconds())))],
+    )
 
 
 def ensure_webhook_block(name: str = DEFAULT_ALERT_BLOCK, url: str | None = None) -> UUID:
@@ -149,22 +191,30 @@ def ensure_webhook_block(name: str = DEFAULT_ALERT_BLOCK, url: str | None = None
 def apply_automations(block_name: str = DEFAULT_ALERT_BLOCK,
                       webhook_url: str | None = None) -> dict[str, UUID]:
     """Create or update (by name) every Cascade automation; their ids by name."""
-    from prefect.client.orchestration import get_client
 
     block_id = ensure_webhook_block(block_name, webhook_url)
-    applied: dict[str, UUID] = {}
+    return {a.name: _upsert(a) for a in build_automations(block_id)}
+
+
+def apply_zombie_detection(after: timedelta = ZOMBIE_AFTER) -> UUID:
+    """Create or update (by name) only the zombie-run automation; it needs no notification
+    block. Its id."""
+    return _upsert(build_zombie_detection(after))
+
+
+def _upsert(automation: AutomationCore) -> UUID:
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
-        for automation in build_automations(block_id):
-            existing = client.read_automations_by_name(automation.name)
-            if existing:
-                keep, *extra = existing
-                for duplicate in extra:  # e.g. left by `prefect automation create`
-                    client.delete_automation(duplicate.id)
-                client.update_automation(keep.id, automation)
-                applied[automation.name] = keep.id
-            else:
-                applied[automation.name] = client.create_automation(automation)
-    return applied
+        existing = client.read_automations_by_name(automation.name)
+        if not existing:
+            created: UUID = client.create_automation(automation)
+            return created
+        keep, *extra = existing
+        for duplicate in extra:  # e.g. left by `prefect automation create`
+            client.delete_automation(duplicate.id)
+        client.update_automation(keep.id, automation)
+        return keep.id
 
 
 def delete_automations() -> int:
@@ -173,7 +223,7 @@ def delete_automations() -> int:
 
     deleted = 0
     with get_client(sync_client=True) as client:
-        for name in (FAILED_NAME, STALE_NAME):
+        for name in (FAILED_NAME, STALE_NAME, ZOMBIE_NAME):
             for automation in client.read_automations_by_name(name):
                 client.delete_automation(automation.id)
                 deleted += 1

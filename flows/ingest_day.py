@@ -7,8 +7,9 @@ from datetime import date
 from prefect import flow
 
 from tasks import timeouts
-from tasks.branches import ensure_branch_task
+from tasks.branches import drop_if_untouched, ensure_branch_task
 from tasks.days import DayRange
+from tasks.errors import CascadeError
 from tasks.fanout import run_name
 from tasks.ingest import ingest_profile_task, ingest_window_task
 from tasks.profile import current_profile
@@ -35,8 +36,14 @@ def ingest_day(
     source = require_source(block_name=site_block)
     run_id = current_run_id()
     lakehouse = current_profile().lakehouse
+    named = branch is not None
     branch = ensure_branch_task(lakehouse.branches, branch or run_branch_name("ingest", run_id))
-    timezone = ingest_profile_task(lakehouse, source, branch, run_id)
+    try:
+        timezone = ingest_profile_task(lakehouse, source, branch, run_id)
+    except CascadeError:
+        if not named:  # a run branch with nothing on it is nothing to keep
+            drop_if_untouched(lakehouse.branches, branch)
+        raise
     report = ingest_window_task(lakehouse, source, branch, DayRange.one(day), timezone, run_id,
                                 max_reject_ratio)
     return IngestResult(branch=branch, run_id=run_id, sites=[source.site_id],

@@ -42,6 +42,7 @@ __all__ = [
     "MergeResult",
     "RefInfo",
     "TableChange",
+    "drop_if_untouched",
     "validate_ref_name",
 ]
 
@@ -477,6 +478,18 @@ def _sqlite_engine(uri: str) -> Engine:
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+
+
+def drop_if_untouched(branches: BranchCatalog, name: str) -> bool:
+    """Delete branch ``name`` when it holds nothing ``main`` does not (a run that failed
+    before writing anything leaves nothing to inspect or resume); True if it was deleted."""
+    try:
+        if branches.diff(name):
+            return False
+    except BranchNotFound:
+        return False
+    branches.delete_branch(name)
+    return True
 
 
 @task(name="create-branch", task_run_name="branch {name} from {from_ref}",

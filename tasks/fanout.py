@@ -26,7 +26,7 @@ from prefect.futures import PrefectFuture
 from pyiceberg.catalog import Catalog
 
 from tasks import timeouts
-from tasks.branches import MAIN, BranchCatalog, ensure_branch_task
+from tasks.branches import MAIN, BranchCatalog, drop_if_untouched, ensure_branch_task
 from tasks.days import DayRange
 from tasks.errors import CascadeError, ConfigError
 from tasks.ingest import ingest_profile_task, ingest_window_task, site_timezone
@@ -153,10 +153,16 @@ def ingest_partitions(lakehouse: Lakehouse, sites: list[Site], plan: IngestPlan,
     logger = get_run_logger()
     run_id = current_run_id()
     branches = lakehouse.branches
+    named = branch is not None
     branch = ensure_branch_task(branches, branch or find_run_branch(branches, plan.kind, run_id))
     by_id = {s.site_id: s for s in sites}
-    timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id)
-                 for s in sites}
+    try:
+        timezones = {s.site_id: ingest_profile_task(lakehouse, s.source, branch, run_id)
+                     for s in sites}
+    except CascadeError:
+        if not named and drop_if_untouched(branches, branch):
+            logger.info("deleted run branch %s: nothing was written to it", branch)
+        raise
     partitions = plan_partitions(plan.ranges, plan.chunk_days)
     done = finished(branches.catalog(branch), branches.catalog(MAIN), partitions)
     todo = [p for p in partitions if p not in done]
@@ -175,23 +181,42 @@ def ingest_partitions(lakehouse: Lakehouse, sites: list[Site], plan: IngestPlan,
     if failures:
         raise CascadeError(
             f"{plan.kind}: {len(failures)} of {len(todo)} partitions failed; branch {branch} "
-            "kept, nothing promoted (retry the run to redo only those): " + " | ".join(failures)
-        )
+            "kept, nothing promoted (retry the run to redo only those): "
+            + _summarise(failures))
     return result
 
 
 def _gather(submit: Callable[[Partition], PrefectFuture[Any]], todo: list[Partition],
-            limit: int, skipped: int, total: int, what: str) -> list[str]:
+            limit: int, skipped: int, total: int, what: str) -> list[tuple[str, str]]:
     """Run ``todo`` bounded; the failures, one line each; a progress artifact meanwhile."""
     progress: UUID = create_progress_artifact(  # type: ignore[assignment]
         100.0 * skipped / max(total, 1), key="ingest-progress", description=what)
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []
     for done, (part, future) in enumerate(bounded_submit(submit, todo, limit), start=1):
         future.wait()
         if not future.state.is_completed():
-            failures.append(f"{part.label()}: {future.state.message}")
+            failures.append((part.label(), _why(future.state)))
         update_progress_artifact(progress, 100.0 * (skipped + done) / max(total, 1))
     return failures
+
+
+def _why(state: Any) -> str:
+    """The failure's own message (the exception's), not Prefect's wrapping of it."""
+    error = state.result(raise_on_failure=False)
+    return str(error) if isinstance(error, BaseException) else str(state.message)
+
+
+def _summarise(failures: list[tuple[str, str]]) -> str:
+    """Each distinct reason once, after the partitions it stopped (three named at most)."""
+    by_reason: dict[str, list[str]] = {}
+    for label, reason in failures:
+        by_reason.setdefault(reason, []).append(label)
+    parts = []
+    for reason, labels in by_reason.items():
+        named = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3
+                                         else "")
+        parts.append(f"{named}: {reason}")
+    return " | ".join(parts)
 
 
 def _submitter(lakehouse: Lakehouse, plan: IngestPlan, branch: str, run_id: str,

@@ -91,3 +91,23 @@ def test_prefect_yaml_has_every_flow_tagged_and_a_bound_daily() -> None:
     assert daily["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert daily["schedules"][0]["cron"] == "0 2 * * *"
     assert daily["schedules"][0]["timezone"] == "Europe/London"
+
+
+def test_zombie_automation_crashes_a_run_whose_heartbeats_stop() -> None:
+    from prefect.automations import ChangeFlowRunState
+    from prefect.client.schemas.objects import StateType
+    from prefect.server.events.schemas.automations import AutomationCore as ServerAutomation
+
+    from flows.automations import HEARTBEAT_S, ZOMBIE_AFTER, ZOMBIE_NAME
+
+    zombie = _by_name()[ZOMBIE_NAME]
+    trigger = zombie.trigger  # type: ignore[attr-defined]
+    assert isinstance(trigger, EventTrigger)
+    assert trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Crashed"} <= trigger.expect
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.within == ZOMBIE_AFTER >= timedelta(seconds=3 * HEARTBEAT_S)
+    (action,) = zombie.actions  # type: ignore[attr-defined]
+    assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED
+    ServerAutomation.model_validate(zombie.model_dump())  # the server's own checks
