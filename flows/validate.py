@@ -10,6 +10,7 @@ from tasks import timeouts
 from tasks.branches import BranchCatalog
 from tasks.errors import ValidationFailed
 from tasks.profile import current_profile
+from tasks.redaction import redact
 from tasks.results import ValidationResult
 from tasks.settings import load_lakehouse_settings
 from tasks.validation import Check, check_dbt_results, check_marts, reconcile_raw, render_markdown
@@ -56,7 +57,7 @@ def validate(branch: str) -> ValidationResult:
     checks = [*_dbt_checks(branches, branch), *_mart_checks(branches, branch),
               *_reconcile(branches, branch)]
     report = render_markdown(branch, checks)
-    create_markdown_artifact(report, key=_artifact_key(branch),
+    create_markdown_artifact(redact(report), key=_artifact_key(branch),
                              description=f"validation of {branch}")
     failed = [c for c in checks if not c.passed]
     get_run_logger().info("validate %s: %d/%d checks passed", branch,

@@ -33,6 +33,7 @@ from tasks import timeouts
 from tasks.charts import TARGETS, render_agp, render_tir
 from tasks.ingest import TableCounts
 from tasks.profile import Lakehouse
+from tasks.redaction import redact
 from tasks.report_store import report_store_for
 from tasks.results import PublishedReport
 from tasks.units import GlucoseUnit, Scale, resolve_unit
@@ -358,7 +359,7 @@ def publish_reports_task(lakehouse: Lakehouse, marts: dict[str, pl.DataFrame],
             latest = store.put(f"{slug(site_id)}/latest.html", page, "text/html; charset=utf-8")
             artifact_key = f"cgm-report-{slug(site_id)}"
             create_markdown_artifact(
-                markdown=report_markdown(report, stored.url), key=artifact_key,
+                markdown=redact(report_markdown(report, stored.url)), key=artifact_key,
                 description=f"CGM report for {site_id}, last 14 days, in {report.unit}")
             logger.info("report: site=%s (%s), %s, TIR %s → %s", site_id, report.unit,
                         report.main["end_date"], _pct(report.main["tir_pct"]), stored.location)
@@ -436,6 +437,6 @@ def chain_summary_task(kind: str, branch: str, tag: str | None,
                        reports: Sequence[PublishedReport]) -> str:
     """Leave the parent run's summary artifact (key ``cascade-<kind>-summary``)."""
     markdown = chain_summary_markdown(kind, branch, tag, landed, reports)
-    create_markdown_artifact(markdown=markdown, key=f"cascade-{slug(kind)}-summary",
+    create_markdown_artifact(markdown=redact(markdown), key=f"cascade-{slug(kind)}-summary",
                              description=f"what this {kind} run landed and each site's report")
     return markdown
