@@ -8,8 +8,9 @@ Each case makes the simulator (this worktree's, served from this process on 127.
 misbehave one way for every request, then a fresh child process (``_hostile_child.py``)
 ingests one day of entries (fetch → shape → contract → Iceberg commit) with the client of
 the code at ``--code``, 2 attempts, 5 s per read and, where the code has one, a 10 s
-overall deadline per request. Figures per case: the outcome, requests, wall time (process
-start → exit, imports included), CPU seconds (the child's user + system, from ``wait4``)
+overall deadline per request. Figures per case: the outcome, requests, work seconds (the
+ingest alone, as the child timed it), wall time (process start → exit, imports included), CPU
+seconds (the child's user + system, from ``wait4``)
 and peak RSS (the child's ``VmHWM``: its own report, else the last sample taken while it
 ran, e.g. when it died of a signal). The machine's load is recorded with the run.
 """
@@ -137,13 +138,14 @@ def run_case(name: str, server: SimulatorServer, code: Path) -> dict[str, Any]:
 
 def _markdown(rows: list[dict[str, Any]], label: str, load: str) -> str:
     head = [f"Hostile servers, {label} (load: {load})", "",
-            ("| case | the server | outcome | committed / rejected | requests | wall s | "
-             "CPU s | peak RSS MiB |"),
-            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+            ("| case | the server | outcome | committed / rejected | requests | work s | "
+             "wall s | CPU s | peak RSS MiB |"),
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         counts = f"{r['committed']} / {r['rejected']}" if "committed" in r else "-"
         head.append(f"| {r['case']} | {r['server']} | {r['outcome']} | {counts} | "
-                    f"{r.get('requests', '-')} | {r['wall_s']} | {r['cpu_s']} | "
+                    f"{r.get('requests', '-')} | {r.get('seconds', '-')} | {r['wall_s']} | "
+                    f"{r['cpu_s']} | "
                     f"{r['peak_rss_mib']} |")
     return "\n".join(head) + "\n"
 

@@ -213,16 +213,19 @@ class NightscoutClient:
         pages = list(self._pages(walk))
         frames = [p.frame for p in pages if p.frame.height]
         frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        fetched = Fetched(frame, tuple(s for p in pages for s in p.set_aside), walk.requests,
+                          walk.page_cap)
         if walk.page_cap is not None:
-            logger.warning(
-                "Nightscout %s%s: asked for %d documents a page, the server answered at most "
-                "%d on pages that were not the last (a page cap set by the site, a proxy or "
-                "a hosting plan); paged on by time until a page came back empty: %d "
-                "requests, %d documents", self._base(), walk.spec.path, walk.asked,
-                walk.page_cap, walk.requests, frame.height + sum(len(p.set_aside)
-                                                                for p in pages))
-        return Fetched(frame, tuple(s for p in pages for s in p.set_aside), walk.requests,
-                       walk.page_cap)
+            self._log_page_cap(walk, fetched)
+        return fetched
+
+    def _log_page_cap(self, walk: _Walk, fetched: Fetched) -> None:
+        logger.warning(
+            "Nightscout %s%s: asked for %d documents a page, the server answered at most %d "
+            "on pages that were not the last (a page cap set by the site, a proxy or a "
+            "hosting plan); paged on by time until a page brought nothing new: %d requests, "
+            "%d documents", self._base(), walk.spec.path, walk.asked, walk.page_cap,
+            walk.requests, fetched.frame.height + len(fetched.set_aside))
 
     def fetch_profiles(self) -> Fetched:
         """Every profile document of the site (Nightscout keeps few)."""
