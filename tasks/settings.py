@@ -254,10 +254,12 @@ def marts_url_from_env() -> str | None:
         return None
     from sqlalchemy.engine import URL
 
+    password = _require_env("POSTGRES_PASSWORD", "the marts database password")
+    register_token(password)
     url = URL.create(
         "postgresql+psycopg2",
         username=_require_env("POSTGRES_USER", "the marts database user"),
-        password=_require_env("POSTGRES_PASSWORD", "the marts database password"),
+        password=password,
         host=host,
         port=int(_env("POSTGRES_PORT") or 5432),
         database=_env("MARTS_DATABASE") or "marts",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows._fanout import _summarise
+from tasks.fanout import _summarise
 
 
 def test_partitions_failing_for_one_reason_read_as_one_sentence() -> None:
