@@ -3,7 +3,7 @@
 Polars' JSON reader segfaults on about 5,000 levels of nesting (the process dies with no
 Python error), and one invalid UTF-8 byte makes a whole body unreadable. So before a body
 reaches the reader, a vectorised scan of its brackets and quotes (numpy over the body's
-structural bytes; a few milliseconds a megabyte) finds how deep it nests. The usual body,
+structural bytes; about a millisecond a megabyte) finds how deep it nests. The usual body,
 shallow and valid UTF-8, then goes to ``pl.read_json`` as it is. Otherwise the top-level
 documents are located, and each one nested deeper than ``MAX_DEPTH`` or holding invalid
 UTF-8 is set aside, unparsed, with its reason (``SetAside``); the rest are read.
@@ -85,11 +85,9 @@ def parse_documents(body: bytes) -> ParsedDocuments:
         raise NotDocuments("not a JSON array")
     if body.strip() == b"[]":
         return ParsedDocuments(pl.DataFrame())
-    shape = _Shape.of(body)
-    bad_byte = _first_bad_utf8(body)
-    if shape.max_doc_depth <= MAX_DEPTH and bad_byte is None:
+    if _max_depth(body) - 1 <= MAX_DEPTH and _first_bad_utf8(body) is None:
         return ParsedDocuments(_read(body))  # the usual body, as it is
-    return _read_around(body, shape)
+    return _read_around(body, _Shape.of(body))
 
 
 def _read_around(body: bytes, shape: _Shape) -> ParsedDocuments:
@@ -125,6 +123,28 @@ def _set_aside(doc: bytes, reason: str, own_id: bytes | None) -> SetAside:
     text = doc[:_PAYLOAD_CHARS].decode("utf-8", "backslashreplace")
     payload = json.dumps({"_unparsed": text, "_bytes": len(doc)}, ensure_ascii=False)
     return SetAside(reason, record_id, payload)
+
+
+_NOT_STRUCTURAL: Final = bytes(b for b in range(256) if b not in b'[]{}"')
+_STEP: Final = np.zeros(256, dtype=np.int8)
+_STEP[[ord("["), ord("{")]], _STEP[[ord("]"), ord("}")]] = 1, -1
+
+
+def _max_depth(body: bytes) -> int:
+    """How deep ``body`` nests (its top-level array is 1), counting brackets outside strings.
+
+    The cheap check every body gets: escaped backslashes and quotes are removed (pairs, left
+    to right, as a JSON reader pairs them), then every byte but quotes and brackets; what is
+    left (a sixth of a typical body) is scanned with numpy: about a millisecond a megabyte.
+    """
+    if b"\\" in body:  # one fast pass; most bodies have no escapes at all
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    codes = np.frombuffer(body.translate(None, _NOT_STRUCTURAL), dtype=np.uint8)
+    if codes.size == 0:
+        return 0
+    # inside a string after an odd number of quotes (a byte counter keeps the parity)
+    outside = (np.cumsum(codes == ord('"'), dtype=np.uint8) & 1) == 0
+    return int(np.cumsum(_STEP[codes] * outside, dtype=np.int32).max())
 
 
 def _first_bad_utf8(data: bytes) -> int | None:

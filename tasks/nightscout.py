@@ -242,11 +242,12 @@ class NightscoutClient:
         while True:
             page = self._sized_page(walk)
             full = page.count >= walk.count
-            self._check_bounds(page.frame, walk.bounds, full=full, first=walk.pages == 1)
+            inside = walk.bounds.inside(page.frame)
+            self._check_bounds(page.frame, inside, walk.bounds, full=full, first=walk.pages == 1)
             fresh = walk.fresh(page)
             if fresh.count:
                 yield fresh
-            if not walk.advance(page, full=full, widen=self._widen):
+            if not walk.advance(page, inside, full=full, widen=self._widen):
                 return  # a page brought nothing older than what was taken: the window is done
 
     def _sized_page(self, walk: _Walk) -> ParsedDocuments:
@@ -271,8 +272,8 @@ class NightscoutClient:
                 walk.too_large = min(walk.too_large or walk.count, walk.count)
                 walk.count = smaller
 
-    def _check_bounds(self, page: pl.DataFrame, bounds: _Bounds, *, full: bool,
-                      first: bool) -> None:
+    def _check_bounds(self, page: pl.DataFrame, inside: pl.Series, bounds: _Bounds, *,
+                      full: bool, first: bool) -> None:
         """Refuse a page holding documents outside the bounds asked for, unless it is the
         window's first page and a short one.
 
@@ -282,11 +283,9 @@ class NightscoutClient:
         are kept (shaping rejects those outside the window, with the reason) and logged;
         a page after it holding strays shows the server ignores the filter.
         """
-        if page.height == 0:
+        if inside.all():
             return
-        strays = page.filter(~bounds.holds(page))
-        if strays.height == 0:
-            return
+        strays = page.filter(~inside)
         where = f"{self._base()}{bounds.spec.path}"
         if first and not full:
             logger.warning(
@@ -470,13 +469,13 @@ class _Walk:
             self.page_cap = max(self.page_cap or 0, self._short)
         return ParsedDocuments(frame, aside)
 
-    def advance(self, page: ParsedDocuments, *, full: bool,
+    def advance(self, page: ParsedDocuments, inside_mask: pl.Series, *, full: bool,
                 widen: Callable[[_Walk, int], int]) -> bool:
-        """Move the bounds past ``page``; False when nothing can come after it."""
+        """Move the bounds past ``page`` (``inside_mask``: its documents inside the bounds);
+        False when nothing can come after it."""
         self._short = page.count if 0 < page.count < self.count else None
         self.asked = max(self.asked, self.count)
-        inside = page.frame.filter(self.bounds.holds(page.frame)) if page.frame.height \
-            else page.frame
+        inside = page.frame.filter(inside_mask) if page.frame.height else page.frame
         oldest = _oldest(inside, self.spec) if inside.height else None
         if oldest is None or (oldest == self.bounds.upper and self.bounds.upper_op == "$lte"):
             if not full:
@@ -509,19 +508,26 @@ class _Bounds:
         return {f"find[{field}][$gte]": str(self.lower),
                 f"find[{field}][{self.upper_op}]": str(self.upper)}
 
-    def holds(self, page: pl.DataFrame) -> pl.Expr:
+    def inside(self, page: pl.DataFrame) -> pl.Series:
         """Whether each document's time is inside the bounds (a missing time is not).
 
         Text times are inside if they are as text (how Nightscout compares ``created_at``)
-        or as instants (a server comparing dates would return those).
+        or as instants (a server comparing dates would return those); the instants are
+        parsed only when some text falls outside.
         """
-        inside = self._between(_comparable_time(page, self.spec), self.lower, self.upper)
-        if not self.spec.numeric_time and page.schema.get(self.spec.time_field) == pl.String:
-            at = pl.col(self.spec.time_field).str.to_datetime(
-                _ISO, time_zone="UTC", strict=False, time_unit="ms")
-            lower, upper = (datetime.fromisoformat(str(b)) for b in (self.lower, self.upper))
-            inside = inside | self._between(at, lower, upper)
-        return inside.fill_null(False)
+        if page.height == 0:
+            return pl.Series("inside", [], pl.Boolean)
+        time = _comparable_time(page, self.spec)
+        inside = page.select(self._between(time, self.lower, self.upper).fill_null(False)
+                             .alias("inside")).to_series()
+        if inside.all() or self.spec.numeric_time or \
+                page.schema.get(self.spec.time_field) != pl.String:
+            return inside
+        at = pl.col(self.spec.time_field).str.to_datetime(
+            _ISO, time_zone="UTC", strict=False, time_unit="ms")
+        lower, upper = (datetime.fromisoformat(str(b)) for b in (self.lower, self.upper))
+        as_instant = page.select(self._between(at, lower, upper).fill_null(False)).to_series()
+        return inside | as_instant
 
     def _between(self, time: pl.Expr, lower: int | str | datetime, upper: int | str | datetime
                  ) -> pl.Expr:

@@ -25,7 +25,7 @@ from tasks.bounded_http import (
     read_body,
 )
 from tasks.errors import NightscoutError
-from tasks.json_documents import MAX_DEPTH, NotDocuments, _Shape, parse_documents
+from tasks.json_documents import MAX_DEPTH, NotDocuments, _max_depth, _Shape, parse_documents
 from tasks.redaction import (
     redact,
     redact_bytes,
@@ -215,6 +215,7 @@ def test_the_vectorised_scan_finds_each_documents_true_depth(
     body = json.dumps(docs, ensure_ascii=ascii_only).encode()
     shape = _Shape.of(body)
     assert shape.max_doc_depth == max(_depth(d) for d in docs)
+    assert _max_depth(body) == 1 + max(_depth(d) for d in docs)  # the check every body gets
     starts, ends, depths = shape.documents(body)
     assert [json.loads(body[s:e]) for s, e in zip(starts, ends, strict=True)] == docs
     assert depths.tolist() == [_depth(d) for d in docs]
