@@ -23,9 +23,19 @@ END = datetime(2024, 3, 2, tzinfo=UTC)
 T0 = int(START.timestamp() * 1000)
 
 
+def _by_date(entries: list[dict[str, object]], request: httpx.Request) -> list[dict[str, object]]:
+    """The entries a Nightscout server answers: inside ``find[date]``'s bounds."""
+    q = request.url.params
+    low = int(q["find[date][$gte]"])
+    if "find[date][$lt]" in q:
+        return [e for e in entries if low <= int(str(e["date"])) < int(q["find[date][$lt]"])]
+    return [e for e in entries if low <= int(str(e["date"])) <= int(q["find[date][$lte]"])]
+
+
 def _client(entries: list[dict[str, object]]) -> NightscoutClient:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=entries if "entries" in request.url.path else [])
+        answer = _by_date(entries, request) if "entries" in request.url.path else []
+        return httpx.Response(200, json=answer)
 
     return NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
                             transport=httpx.MockTransport(handler),
@@ -112,7 +122,8 @@ def test_treatment_with_local_offset_lands_in_its_utc_window(
         q = request.url.params
         if "treatments" not in request.url.path:
             return httpx.Response(200, json=[])
-        inside = q["find[created_at][$gte]"] <= late["created_at"] < q["find[created_at][$lt]"]
+        high = q.get("find[created_at][$lt]") or q["find[created_at][$lte]"]
+        inside = q["find[created_at][$gte]"] <= late["created_at"] <= high
         return httpx.Response(200, json=[late] if inside else [])
 
     client = NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
