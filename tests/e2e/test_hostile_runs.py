@@ -1,7 +1,12 @@
-"""Hostile and broken Nightscout servers met by whole flow runs (the window-level cases are
-in ``tests/unit/test_hostile_sources.py``): a site that is down fails once, in one sentence,
-leaving no empty branch; an error page echoing the credential leaves no form of it in
-Prefect's database, the lakehouse or the output; a run killed hard does not stay Running."""
+"""Hostile and broken Nightscout servers met by whole flow runs (the window-level cases, with
+finer assertions and the trickling servers, are in ``tests/unit/test_hostile_sources.py``).
+
+Every case runs ``ingest_day`` as a Prefect flow run and, when it succeeded, promotes its
+branch into main: main then holds every entry the server had (unreadable ones in
+``audit.rejects`` with the reason) or is unchanged, and no form of the credential (api-secret
+plain, SHA-1, SHA-512; the token) is in Prefect's database, the lakehouse or the output. A site
+that is down fails once, in one sentence, leaving no empty branch; a run killed hard does not
+stay Running."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -21,7 +27,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
     FlowRunFilterStartTime,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import (
     PREFECT_API_URL,
@@ -32,11 +38,18 @@ from prefect.settings import (
 from flows.automations import ZOMBIE_NAME, apply_zombie_detection
 from flows.ingest_day import ingest_day
 from tasks.branches import EmbeddedBranchCatalog
-from tasks.errors import NightscoutError
-from tasks.simulator import SimulatorServer, SiteConfig
+from tasks.errors import (
+    CascadeError,
+    NightscoutError,
+    NightscoutRedirected,
+    NightscoutTooLarge,
+)
+from tasks.lakehouse import read_table
+from tasks.profile import current_profile
+from tasks.simulator import SimulatorServer, SiteConfig, expected_records, hostile
 from tests.leakscan import credential_forms, leaks
 
-from .conftest import NOW, SECRET
+from .conftest import NOW, SECRET, SITE
 
 pytestmark = pytest.mark.e2e
 
@@ -107,27 +120,108 @@ def test_a_site_that_is_down_fails_once_in_one_sentence_and_leaves_no_branch(
                  texts={"stdout": done.stdout, "stderr": done.stderr}) == []
 
 
-def test_an_error_page_echoing_the_credential_leaves_it_nowhere(
-    site_env: SimulatorServer, cascade_home: Path, capfd: pytest.CaptureFixture[str],
+DAY = date(2024, 3, 14)
+TOKEN = "e2e-hostile-token-81d3"  # sent as well as the secret (the site checks the secret)
+
+
+def _entries_of_the_day() -> list[dict[str, object]]:
+    first = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    low, high = first.timestamp() * 1000, (first + timedelta(days=1)).timestamp() * 1000
+    docs = expected_records(SITE, DAY, DAY + timedelta(days=1), "entries")
+    return [d for d in docs if low <= float(str(d["date"])) < high]
+
+
+def _victim(position: int) -> str:
+    return sorted({str(d["_id"]) for d in _entries_of_the_day()})[position]
+
+
+def _newest() -> dict[str, object]:
+    return max(_entries_of_the_day(), key=lambda d: float(str(d["date"])))
+
+
+FAR = str(int(datetime(2150, 1, 1, tzinfo=UTC).timestamp() * 1000)).encode()
+# name -> (the fault, given the simulator; what the run must end with: rejected ids and the
+# start of their reason, or the error and a part of its message)
+CASES: dict[str, tuple[Any, Any]] = {
+    "page cap": (lambda sim: setattr(sim, "page_cap", 40), {}),
+    "gzip bomb": (lambda sim: sim.inject(bomb=256 << 20, encoding="gzip", times=50,
+                                         path="/a/api/v1/entries"),
+                  (NightscoutTooLarge, "even for count=1")),
+    "zstd bomb": (lambda sim: sim.inject(bomb=256 << 20, encoding="zstd", times=50,
+                                         path="/a/api/v1/entries"),
+                  (NightscoutTooLarge, "even for count=1")),
+    "huge answer": (lambda sim: sim.inject(huge=96 << 20, times=50, path="/a/api/v1/entries"),
+                    (NightscoutTooLarge, "or the server ignores count")),
+    "deep document": (lambda sim: sim.inject(mutate=hostile.deepen(_victim(50), 50_000),
+                                             times=50, path="/a/api/v1/entries"),
+                      {_victim(50): "unreadable document: nested 50001 levels"}),
+    "invalid UTF-8": (lambda sim: sim.inject(mutate=hostile.break_utf8(_victim(9)), times=50,
+                                             path="/a/api/v1/entries"),
+                      {_victim(9): "unreadable document: not valid UTF-8"}),
+    "far-future date": (lambda sim: sim.inject(mutate=hostile.set_date(str(_newest()["_id"]), FAR),
+                                               times=1, path="/a/api/v1/entries"),
+                        {str(_newest()["_id"]): "entry_at 2150-01-01T00:00:00Z is outside"}),
+    "redirect": (lambda sim: sim.inject(redirect=f"https://moved.example/?token={TOKEN}",
+                                        times=50, path="/a/api/v1/entries"),
+                 (NightscoutRedirected, "a redirect to https://moved.example/?token=***")),
+    "header echo": (lambda sim: sim.inject(echo_status=400, times=50, path="/a/api/v1/entries"),
+                    (NightscoutError, "answered 400")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_hostile_server_in_a_flow_run(
+    case: str, site_env: SimulatorServer, cascade_home: Path,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setenv("NIGHTSCOUT_TOKEN", TOKEN)
     started = time.time()
-    site_env.inject(echo_status=400, times=50, path="/api/v1/entries")
-    with pytest.raises(NightscoutError, match="answered 400") as failure:
-        ingest_day(day=date(2024, 3, 12))
-    site_env.clear_faults()
+    branches = current_profile().lakehouse.branches
+    main_before = branches.ref("main").hash
+    fault, expected = CASES[case]
+    fault(site_env)
+    error: CascadeError | None = None
+    try:
+        result = ingest_day(day=DAY)
+        branches.merge(result.branch)
+    except CascadeError as exc:
+        error = exc
+    finally:
+        site_env.clear_faults()
+        site_env.page_cap = None
+    main = branches.catalog("main")
+    if isinstance(expected, tuple):  # the run fails clearly; main is as it was
+        kind, words = expected
+        assert isinstance(error, kind) and words in str(error), error
+        assert branches.ref("main").hash == main_before
+    else:  # every entry the server had is on main, or rejected with its reason
+        assert error is None, error
+        landed = set(read_table(main, "raw.entries").get_column("entry_id"))
+        duplicates = set(read_table(main, "audit.duplicates").get_column("record_id"))
+        rejects = read_table(main, "audit.rejects").filter(
+            read_table(main, "audit.rejects").get_column("table_name") == "entries")
+        reasons = dict(rejects.select("record_id", "reason").iter_rows())
+        served = {str(d["_id"]) for d in _entries_of_the_day()}
+        assert landed | duplicates == served - set(expected)
+        assert set(reasons) == set(expected)
+        assert all(reasons[i].startswith(why) for i, why in expected.items()), reasons
     _flush_prefect()
     out = capfd.readouterr()
-    texts = {"the error": f"{failure.value}\n{failure.value!r}", "stdout": out.out,
-             "stderr": out.err}
-    assert leaks(credential_forms(secret=SECRET), roots=[cascade_home, *_prefect_files(started)],
-                 texts=texts) == []
+    texts = {"the error": f"{error}\n{error!r}", "stdout": out.out, "stderr": out.err}
+    assert leaks(credential_forms(secret=SECRET, token=TOKEN),
+                 roots=[cascade_home, *_prefect_files(started)], texts=texts) == []
+
+
+def _state(run: FlowRun) -> State[Any]:
+    assert run.state is not None
+    return run.state
 
 
 def _latest_run(flow: str, since: datetime) -> FlowRun:
+    after = cast(Any, since)  # the filter's annotation names Prefect's own datetime type
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(like_=flow),
-            start_time=FlowRunFilterStartTime(after_=since)))
+            name=FlowRunFilterName(like_=flow), start_time=FlowRunFilterStartTime(after_=after)))
     assert len(runs) == 1, [r.name for r in runs]
     return runs[0]
 
@@ -146,15 +240,15 @@ def test_a_run_killed_hard_is_marked_crashed_when_its_heartbeats_stop(
             "backfill", "2024-03-20", "2024-03-20", "--chunk-days", "1", "--no-promote")
         assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-2000:]
         run = _latest_run("backfill 2024-03-20..2024-03-20%", since)
-        assert run.state is not None and run.state.type == StateType.RUNNING  # a zombie
+        state = _state(run)
+        assert state.type == StateType.RUNNING  # a zombie
         deadline = time.monotonic() + 240  # 45 s, the 5 s evaluation period, and a margin
-        while time.monotonic() < deadline and run.state.type == StateType.RUNNING:
+        while time.monotonic() < deadline and state.type == StateType.RUNNING:
             time.sleep(3)
             with get_client(sync_client=True) as client:
-                run = client.read_flow_run(run.id)
-            assert run.state is not None
-        assert run.state.type == StateType.CRASHED
-        assert "No heartbeat from this flow run for 45 s" in str(run.state.message)
+                state = _state(client.read_flow_run(run.id))
+        assert state.type == StateType.CRASHED
+        assert "No heartbeat from this flow run for 45 s" in str(state.message)
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation)
