@@ -55,8 +55,9 @@ async def _artifacts(key: str) -> list[Artifact]:
 
 def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
                                                      cascade_home: Path) -> None:
-    result = backfill(start=date(2024, 4, 1), end=date(2024, 4, 3), site=uk_site,
-                      chunk_days=3, dbt_node_tasks=False)
+    state = backfill(start=date(2024, 4, 1), end=date(2024, 4, 3), site=uk_site,
+                     chunk_days=3, dbt_node_tasks=False, return_state=True)
+    result = state.result()
 
     (report,) = asyncio.run(_artifacts("cgm-report-uk-mmol"))
     markdown = str(report.data)
@@ -66,7 +67,9 @@ def test_mmol_site_report_and_run_summary_in_the_ui(uk_site: NightscoutSite,
     assert "**Cascade is not a medical device.**" in markdown
     assert "![AGP for uk-mmol](data:image/png;base64," in markdown
 
-    (summary,) = asyncio.run(_artifacts("cascade-backfill-summary"))
+    # other tests' backfills in this session leave summaries under the same key
+    (summary,) = [a for a in asyncio.run(_artifacts("cascade-backfill-summary"))
+                  if a.flow_run_id == state.state_details.flow_run_id]
     text = str(summary.data)
     assert f"promoted as {result.tag}" in text
     assert "## uk-mmol: last 14 days (2024-03-21 – 2024-04-03), mmol/L" in text  # 04-04 partial

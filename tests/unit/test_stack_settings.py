@@ -79,7 +79,8 @@ def test_dbt_trino_target_follows_credentials(stack_vars: dict[str, str], tmp_pa
 def test_register_documents_cover_every_service(stack_vars: dict[str, str]) -> None:
     docs = _documents(stack_vars, "cascade")
     assert {v for v, _ in docs.values() if v} == {
-        "CASCADE_NESSIE_BLOCK", "CASCADE_TRINO_BLOCK", "CASCADE_S3_BLOCK", "CASCADE_MARTS_BLOCK"}
+        "CASCADE_NESSIE_BLOCK", "CASCADE_TRINO_BLOCK", "CASCADE_S3_BLOCK", "CASCADE_MARTS_BLOCK",
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"}
     shown = " ".join(repr(b) for _, b in docs.values())
     for secret in ("minio-secret-1", "pg-secret-2", "trino-secret-3"):
         assert secret not in shown
