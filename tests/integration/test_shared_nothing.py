@@ -135,7 +135,8 @@ def run_env(simulator: SimulatorServer) -> Iterator[dict[str, str]]:
     with temporary_settings(updates={PREFECT_API_URL: stack["PREFECT_API_URL"]}):
         selectors = register_blocks({**stack, "NIGHTSCOUT_URL": simulator.url_for(SITES[0].site_id),
                                      "NIGHTSCOUT_API_SECRET": SECRET,
-                                     "NIGHTSCOUT_SITE_ID": SITES[0].site_id}, prefix=prefix)
+                                     "NIGHTSCOUT_SITE_ID": SITES[0].site_id},
+                                    prefix=prefix, profile="stack")
         NightscoutSite(url=simulator.url_for(SITES[1].site_id), site_id=SITES[1].site_id,
                        api_secret=SecretStr(SECRET)).save(f"{prefix}-site-1", overwrite=True)
         yield {**selectors, "CASCADE_PROFILE": "stack",
