@@ -197,14 +197,16 @@ def test_retry_after_http_date_is_honoured() -> None:
     from email.utils import format_datetime
 
     waits: list[float] = []
-    when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+    # an HTTP date is whole seconds, and the wait is measured from whenever the retry happens:
+    # a date well ahead keeps the expected wait clear of a slow machine
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=40), usegmt=True)
     answers = iter([httpx.Response(429, headers={"Retry-After": when}),
                     httpx.Response(200, json=_entries([T0 + 5]))])
     client = _client(lambda r: next(answers, _empty()))
-    client.retry = RetryPolicy(attempts=3, base_s=0.01, max_s=10)
+    client.retry = RetryPolicy(attempts=3, base_s=0.01, max_s=60)
     client.sleep = waits.append
     assert client.fetch_window("entries", START, END).frame.height == 1
-    assert 1.0 < waits[0] <= 3.0
+    assert 20.0 < waits[0] <= 40.0  # the date's wait, not the 0.01 s back-off
 
 
 def test_full_page_of_documents_without_a_time_is_refused() -> None:
