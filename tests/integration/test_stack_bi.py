@@ -48,8 +48,9 @@ RANGE = (date(2024, 3, 1), date(2024, 3, 9))
 MG_DL_PER_MMOL_L = 18.0182
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # a site of this module's own: other stack tests count the session site's rows
+# (a mmol/L site: the AGP must follow the site's own unit by default)
 SITE = SiteConfig(site_id="b" + uuid.uuid4().hex[:8], seed=17, timezone="America/Chicago",
-                  api_secret=SECRET)
+                  api_secret=SECRET, units="mmol")
 _published: set[str] = set()
 
 Rows = list[dict[str, Any]]
@@ -210,13 +211,15 @@ def _expect_agp(superset: Superset, chart_id: int, site: str, env: dict[str, str
     marts = _by_key(_marts(env, "select * from mrt_agp_hourly_14d where site_id = :site", site=site),
                     "local_hour", int)
     assert len(marts) == 24
-    for unit, per in (("mg/dL", 1.0), ("mmol/L", MG_DL_PER_MMOL_L)):
+    # the filter's default, "Site's unit", is the site's profile unit (mmol/L here)
+    for choice, unit, per in (("Site's unit", "mmol/L", MG_DL_PER_MMOL_L), ("mg/dL", "mg/dL", 1.0),
+                              ("mmol/L", "mmol/L", MG_DL_PER_MMOL_L)):
         rows = superset.chart_rows(chart_id, [_site_filter(site),
-                                              {"col": "glucose_unit", "op": "IN", "val": [unit]}])
+                                              {"col": "glucose_unit", "op": "IN", "val": [choice]}])
         got = _by_key(rows, "local_hour", int)
-        assert got.keys() == marts.keys(), unit
+        assert got.keys() == marts.keys(), choice
         for hour, row in got.items():
-            assert row["glucose_unit"] == unit
+            assert row["shown_unit"] == unit, choice
             for p in ("p05", "p25", "p50", "p75", "p95"):
                 _close(row[p], marts[hour][p] / per, f"{p} at {hour}h in {unit}")
             _close(row["target_low"], 70 / per, f"target_low in {unit}")

@@ -116,11 +116,11 @@ def test_dashboard_holds_every_chart_once_and_its_filters_target_real_columns() 
             if target:
                 columns = {c["column_name"] for c in by_uuid[target["datasetUuid"]]["columns"]}
                 assert target["column"]["name"] in columns
-    # the site filter reaches every dataset; the unit filter has a default Superset applies
+    # the site filter reaches every dataset; the unit filter defaults to the site's own unit
     assert all("site_id" in {c["column_name"] for c in d["columns"]} for d in DATASETS.values())
     unit = filters["Glucose unit"]["defaultDataMask"]
     assert unit["extraFormData"]["filters"] == [
-        {"col": "glucose_unit", "op": "IN", "val": ["mg/dL"]}]
+        {"col": "glucose_unit", "op": "IN", "val": ["Site's unit"]}]
 
 
 def test_importer_sets_the_marts_address_and_the_dbt_descriptions(
