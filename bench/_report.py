@@ -264,7 +264,7 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     owned = {n for m in old_meta.values() for n in m.get("notes", [])}
     general = [n for n in previous.get("notes", []) if n not in owned]
     runs = {**kept_meta, **{b: m for b, m in new_meta.items() if b in ran}}
-    runs = {b: runs[b] for b in sorted(runs, key=lambda b: (_ORDER + (b,)).index(b))}
+    runs = {b: runs[b] for b in sorted(runs, key=lambda b: (*_ORDER, b).index(b))}
     figures = [f for b in runs for f in (new if b in ran else previous)["figures"]
                if _benchmark_of(f) == b]
     notes = general + [n for m in runs.values() for n in m.get("notes", [])]
@@ -501,9 +501,9 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"load average (1/5/15 min) {load}; Python {machine['python']}; {versions}; "
                 f"{meta['started_at']}, {meta.get('wall_s', 0):.0f} s in all."), ""]
     runs = _runs_table(result)
-    body = ((runs[1:] + [""] if runs else []) + _figures_table(result["figures"])
+    body = (([*runs[1:], ""] if runs else []) + _figures_table(result["figures"])
             + _ratio_table(result["figures"]) + _target_table(result["figures"])
             + _chain_tables(result["figures"]) + _simulator_table(result["figures"])
             + _per_site_tables(result) + _hygiene_table(result.get("hygiene", {})))
     notes = [f"- {n}" for n in result.get("notes", [])]
-    return "\n".join(head + body + ([""] + notes if notes else [])) + "\n"
+    return "\n".join(head + body + (["", *notes] if notes else [])) + "\n"

@@ -29,14 +29,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-REPO: Final = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: make ``tasks`` importable
-    sys.path.insert(0, str(REPO))
-
 from tasks.simulator import SimulatorServer, SiteConfig, expected_records, hostile
 
 __all__ = ["CASES", "main"]
 
+REPO: Final = Path(__file__).resolve().parents[1]
 NOW: Final = datetime(2024, 4, 10, 12, 0, tzinfo=UTC)
 DAY: Final = date(2024, 4, 5)
 SECRET: Final = "hostile-bench-secret"

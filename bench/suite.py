@@ -51,10 +51,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-REPO: Final = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable
-    sys.path.insert(0, str(REPO))
-
 from bench._overhead import DEFINITIONS as CHAIN_DEFINITIONS
 from bench._report import (
     machine_facts,
@@ -66,6 +62,7 @@ from bench._report import (
 
 __all__ = ["main", "parse_args"]
 
+REPO: Final = Path(__file__).resolve().parents[1]
 BENCHMARKS: Final = ("ingest", "shape", "scale", "chain")
 CHAIN_FLOWS: Final = ("daily", "backfill")
 CHAIN_DBT: Final = {"plain": False, "nodes": True}

@@ -25,6 +25,7 @@ SIGTERM to the service's process group, then SIGKILL after 20 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import secrets
@@ -244,10 +245,8 @@ def stop_pid(name: str, pid: int) -> None:
             return
         time.sleep(0.2)
     print(f"{name}: still running after {STOP_GRACE_SECONDS:.0f}s, sending SIGKILL", flush=True)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def port_in_use(port: int) -> bool:
@@ -662,7 +661,8 @@ def maven_copy(ctx: Ctx, artifact: str, dest: Path) -> None:
     """Fetch one artifact from Maven Central with Maven itself, into dest."""
     if not shutil.which("mvn"):
         raise StackError("Maven is needed to fetch Nessie and Trino: `apt-get install -y maven`")
-    plugin = f"org.apache.maven.plugins:maven-dependency-plugin:{ctx.v('tools', 'maven_dependency_plugin')}"
+    plugin_version = ctx.v("tools", "maven_dependency_plugin")
+    plugin = f"org.apache.maven.plugins:maven-dependency-plugin:{plugin_version}"
     dest.mkdir(parents=True, exist_ok=True)
     run(
         [
