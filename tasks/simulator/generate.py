@@ -1,4 +1,5 @@
-"""Deterministic, physiologically plausible Nightscout documents: a pure function of (site, UTC day).
+"""Deterministic, physiologically plausible Nightscout documents: a pure function of
+(site, UTC day).
 
 Glucose is a continuous function of absolute time: a circadian baseline, a dawn bump, meal
 excursions, correction dips, smooth 30-minute-knot noise and occasional nocturnal hypos. Meals
@@ -208,7 +209,7 @@ def _local_iso(t_ms: Ints, offsets: Ints) -> list[str]:
     local = (t_ms + offsets * _MIN_MS).astype("datetime64[ms]")
     stamps = np.datetime_as_string(local, unit="ms")
     suffix = {int(o): _fmt_offset(int(o)) for o in np.unique(offsets)}
-    return [f"{s}{suffix[int(o)]}" for s, o in zip(stamps.tolist(), offsets.tolist())]
+    return [f"{s}{suffix[int(o)]}" for s, o in zip(stamps.tolist(), offsets.tolist(), strict=True)]
 
 
 def _utc_iso(t_ms: Ints) -> list[str]:
@@ -220,7 +221,8 @@ def _utc_iso(t_ms: Ints) -> list[str]:
 def _object_ids(t_ms: Ints, rng: np.random.Generator) -> list[str]:
     """Mongo-ObjectId-shaped ids: 8 hex of epoch seconds, 16 hex of seeded randomness."""
     tails = rng.integers(0, 2**63, size=t_ms.size, dtype=np.int64)
-    return [f"{s:08x}{r:016x}" for s, r in zip((t_ms // 1000).tolist(), tails.tolist())]
+    seconds = (t_ms // 1000).tolist()
+    return [f"{s:08x}{r:016x}" for s, r in zip(seconds, tails.tolist(), strict=True)]
 
 
 # ----------------------------------------------------------------------------- site constants
@@ -471,6 +473,7 @@ def _sgv_entries(site: SiteConfig, day: date) -> list[Document]:
         errors.tolist(),
         codes.tolist(),
         quirk.tolist(),
+        strict=True,
     )
     for when, local, offset, value, arrow, error, code, roll in rows:
         doc = _sgv_doc(site, when, local, offset, value, arrow)
@@ -498,7 +501,7 @@ def _fingersticks(site: SiteConfig, day: date) -> tuple[tuple[int, int, bool], .
         return ()
     times = np.array([w for w, _ in sticks], dtype=np.int64)
     meter = np.clip(np.rint(_glucose(site, times) + times % 13 - 6), 20, 500).astype(np.int64)
-    return tuple((w, m, f) for (w, f), m in zip(sticks, meter.tolist()))
+    return tuple((w, m, f) for (w, f), m in zip(sticks, meter.tolist(), strict=True))
 
 
 def _fingerstick_entries(site: SiteConfig, day: date) -> list[Document]:
@@ -547,7 +550,7 @@ def _with_duplicates(site: SiteConfig, day: date, docs: list[Document]) -> list[
     """Assign ids; ~0.5% uploaded twice (new id), now and then one document twice (same id)."""
     rng = _rng(site, day.toordinal(), _Stream.QUIRKS)
     times = np.array([d["date"] for d in docs], dtype=np.int64)
-    for doc, oid in zip(docs, _object_ids(times, rng)):
+    for doc, oid in zip(docs, _object_ids(times, rng), strict=True):
         doc["_id"] = oid
     out: list[Document] = []
     twice = rng.random(len(docs)) < 0.005
@@ -611,7 +614,8 @@ def _device_treatments(site: SiteConfig, day: date) -> list[Document]:
     rng = _rng(site, day.toordinal(), _Stream.TEMP_BASAL)
     slots = _day_start_ms(day) + np.arange(48, dtype=np.int64) * 30 * _MIN_MS
     slots = slots[rng.random(48) < 0.7] + 47_000
-    for when, rate in zip(slots.tolist(), _suggested_rate(site, slots).tolist()):
+    rates = _suggested_rate(site, slots).tolist()
+    for when, rate in zip(slots.tolist(), rates, strict=True):
         out.append(
             {"eventType": "Temp Basal", "at": when, "rate": rate, "absolute": rate, "duration": 30}
         )
@@ -661,7 +665,8 @@ def _treatments(site: SiteConfig, day: date) -> list[Document]:
     rng = _rng(site, day.toordinal(), _Stream.TREATMENT_IDS)
     times = np.array([t["at"] for t in raw], dtype=np.int64)
     created, ids, rolls = _utc_iso(times), _object_ids(times, rng), rng.random(len(raw)).tolist()
-    return [_treatment_doc(site, t, c, i, r) for t, c, i, r in zip(raw, created, ids, rolls)]
+    rows = zip(raw, created, ids, rolls, strict=True)
+    return [_treatment_doc(site, t, c, i, r) for t, c, i, r in rows]
 
 
 # ----------------------------------------------------------------------------- devicestatus
@@ -774,7 +779,8 @@ def _devicestatus(site: SiteConfig, day: date) -> list[Document]:
     t_ms = _status_times(site, day)
     columns = _status_rows(site, day, t_ms)
     keys = list(columns)
-    return [_status_doc(site, dict(zip(keys, values))) for values in zip(*columns.values())]
+    rows = zip(*columns.values(), strict=True)
+    return [_status_doc(site, dict(zip(keys, values, strict=True))) for values in rows]
 
 
 # ----------------------------------------------------------------------------- public API
