@@ -7,15 +7,16 @@ saves only the ``cascade-nightscout`` document, when ``NIGHTSCOUT_URL`` is set. 
 profile (with ``.cascade-stack/stack.env`` loaded, or the same variables set by hand) it
 creates, or overwrites:
 
-| document             | type                     | from                                  |
-| -------------------- | ------------------------ | ------------------------------------- |
-| ``cascade-nessie``   | nessie-catalog           | NESSIE_URI, NESSIE_TOKEN               |
-| ``cascade-trino``    | trino-connection         | TRINO_HOST/_PORT/_USER/_CATALOG, TRINO_PASSWORD, TRINO_JWT |
-| ``cascade-minio``    | minio-credentials        | MINIO_ROOT_USER/_PASSWORD, S3_ENDPOINT, S3_REGION |
-| ``cascade-lake``     | s3-bucket                | LAKE_BUCKET + cascade-minio            |
-| ``cascade-results``  | s3-bucket                | LAKE_BUCKET/prefect-results + cascade-minio |
-| ``cascade-marts``    | sqlalchemy-connector     | POSTGRES_HOST/_PORT/_USER/_PASSWORD, MARTS_DATABASE |
-| ``cascade-nightscout`` | nightscout-site        | NIGHTSCOUT_URL, NIGHTSCOUT_API_SECRET/_TOKEN, NIGHTSCOUT_SITE_ID |
+- ``cascade-nessie`` (nessie-catalog): NESSIE_URI, NESSIE_TOKEN
+- ``cascade-trino`` (trino-connection): TRINO_HOST/_PORT/_USER/_CATALOG, TRINO_PASSWORD,
+  TRINO_JWT
+- ``cascade-minio`` (minio-credentials): MINIO_ROOT_USER/_PASSWORD, S3_ENDPOINT, S3_REGION
+- ``cascade-lake`` (s3-bucket): LAKE_BUCKET + cascade-minio
+- ``cascade-results`` (s3-bucket): LAKE_BUCKET/prefect-results + cascade-minio
+- ``cascade-marts`` (sqlalchemy-connector): POSTGRES_HOST/_PORT/_USER/_PASSWORD,
+  MARTS_DATABASE
+- ``cascade-nightscout`` (nightscout-site): NIGHTSCOUT_URL, NIGHTSCOUT_API_SECRET/_TOKEN,
+  NIGHTSCOUT_SITE_ID
 
 It returns the ``CASCADE_*_BLOCK`` variables that make flows load these documents, and
 ``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``, which puts flow results where every worker reads

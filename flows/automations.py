@@ -1,4 +1,5 @@
-"""Cascade's Prefect automations, declared here and applied with ``python -m flows apply-automations``.
+"""Cascade's Prefect automations, declared here and applied with
+``python -m flows apply-automations``.
 
 Two automations, both sending through one notification block (any Prefect notification
 block: Slack, Microsoft Teams, email, ...; by default a ``Custom Webhook`` block named

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal, NoReturn, Protocol
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -475,9 +477,6 @@ def _sqlite_engine(uri: str) -> Engine:
 
 
 # ----------------------------------------------------------------------- Prefect wrappers
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 
 def drop_if_untouched(branches: BranchCatalog, name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
-from typing import Final
+from typing import Any, Final
 from zoneinfo import available_timezones
 
 import pandera.polars as pa
@@ -35,6 +35,8 @@ __all__ = [
 
 _FUTURE_SLACK: Final = timedelta(days=1)  # uploader clocks drift; a day ahead is an error
 _MAX_MG_DL: Final = 1000  # no CGM or meter reports more; beyond is corruption
+# every timestamp column: microseconds in UTC, as the raw tables store them
+_UTC_MICROS: Final[dict[str, Any]] = {"time_unit": "us", "time_zone": "UTC"}
 
 
 def _not_in_future(data: pa.PolarsData, column: str) -> pl.LazyFrame:
@@ -45,7 +47,7 @@ def _not_in_future(data: pa.PolarsData, column: str) -> pl.LazyFrame:
 class _Lineage(pa.DataFrameModel):
     site_id: str = pa.Field(nullable=False, str_length={"min_value": 1})
     ingest_run_id: str = pa.Field(nullable=False)
-    ingested_at: _DateTime = pa.Field(nullable=False, dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    ingested_at: _DateTime = pa.Field(nullable=False, dtype_kwargs=_UTC_MICROS)
 
     class Config:
         strict = False
@@ -57,18 +59,20 @@ class EntriesContract(_Lineage):
 
     entry_id: str = pa.Field(nullable=False, unique=True)
     entry_type: str = pa.Field(nullable=False, str_length={"min_value": 1, "max_value": 32})
-    entry_at: _DateTime = pa.Field(nullable=False, dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    entry_at: _DateTime = pa.Field(nullable=False, dtype_kwargs=_UTC_MICROS)
     sgv_mg_dl: pl.Int32 = pa.Field(nullable=True, ge=1, le=_MAX_MG_DL)
     mbg_mg_dl: pl.Int32 = pa.Field(nullable=True, ge=1, le=_MAX_MG_DL)
     noise: pl.Int32 = pa.Field(nullable=True, ge=0, le=10)
 
     @pa.dataframe_check(name="sgv entries carry a glucose value")
     def sgv_has_value(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select((pl.col("entry_type") != "sgv") | pl.col("sgv_mg_dl").is_not_null())
+        has_value = pl.col("sgv_mg_dl").is_not_null()
+        return data.lazyframe.select((pl.col("entry_type") != "sgv") | has_value)
 
     @pa.dataframe_check(name="mbg entries carry a glucose value")
     def mbg_has_value(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select((pl.col("entry_type") != "mbg") | pl.col("mbg_mg_dl").is_not_null())
+        has_value = pl.col("mbg_mg_dl").is_not_null()
+        return data.lazyframe.select((pl.col("entry_type") != "mbg") | has_value)
 
     @pa.dataframe_check(name="entry_at not more than a day after ingestion")
     def not_future(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -80,7 +84,7 @@ class TreatmentsContract(_Lineage):
 
     treatment_id: str = pa.Field(nullable=False, unique=True)
     event_type: str = pa.Field(nullable=False, str_length={"min_value": 1, "max_value": 64})
-    treatment_at: _DateTime = pa.Field(nullable=False, dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    treatment_at: _DateTime = pa.Field(nullable=False, dtype_kwargs=_UTC_MICROS)
     insulin_u: float = pa.Field(nullable=True, ge=0, le=100)
     carbs_g: float = pa.Field(nullable=True, ge=0, le=1000)
     duration_min: float = pa.Field(nullable=True, ge=0, le=60 * 24 * 14)
@@ -97,7 +101,7 @@ class DevicestatusContract(_Lineage):
     """raw.devicestatus: one row per device status upload."""
 
     devicestatus_id: str = pa.Field(nullable=False, unique=True)
-    status_at: _DateTime = pa.Field(nullable=False, dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    status_at: _DateTime = pa.Field(nullable=False, dtype_kwargs=_UTC_MICROS)
     uploader_battery_pct: float = pa.Field(nullable=True, ge=0, le=100)
     pump_reservoir_u: float = pa.Field(nullable=True, ge=0, le=1000)
     iob_u: float = pa.Field(nullable=True, ge=-100, le=200)
@@ -113,7 +117,7 @@ class ProfileContract(_Lineage):
     """raw.profile: one row per Nightscout profile document."""
 
     profile_id: str = pa.Field(nullable=False, unique=True)
-    valid_from_at: _DateTime = pa.Field(nullable=False, dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    valid_from_at: _DateTime = pa.Field(nullable=False, dtype_kwargs=_UTC_MICROS)
     timezone: str = pa.Field(nullable=True, isin=sorted(available_timezones() | {"UTC"}))
     dia_h: float = pa.Field(nullable=True, ge=0, le=24)
 

@@ -362,8 +362,9 @@ class _Reachable:
                      include_self: bool = True) -> None:
         metadata = self._metadata.get(location)
         if metadata is None:
-            metadata = self._guard(where, location,
-                                   lambda: FromInputFile.table_metadata(self._io.new_input(location)))
+            metadata = self._guard(
+                where, location,
+                lambda: FromInputFile.table_metadata(self._io.new_input(location)))
             self._metadata[location] = metadata
         if include_self:
             self._add(location)

@@ -158,7 +158,7 @@ def _redacting(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.
         record = make(*args, **kwargs)
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is the logger's to report
+        except Exception:  # a malformed record is the logger's to report
             return record
         clean = redact(message)
         if clean != message:
