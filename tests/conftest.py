@@ -9,17 +9,22 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-SAMPLES = Path(os.environ.get("CASCADE_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples" / "nightscout"))
+SAMPLES = Path(os.environ.get(
+    "CASCADE_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples" / "nightscout"
+))
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def load_sample(name: str) -> pl.DataFrame:
-    """A real Nightscout payload (see shared/samples/nightscout/SOURCES.md), as the client parses it."""
+    """A real Nightscout payload (see shared/samples/nightscout/SOURCES.md), as the client
+    parses it."""
     path = SAMPLES / name
     if not path.exists():
         path = FIXTURES / "nightscout" / name
     docs = json.loads(path.read_text())
-    return pl.read_json(path, infer_schema_length=None) if isinstance(docs, list) else pl.DataFrame()
+    if not isinstance(docs, list):
+        return pl.DataFrame()
+    return pl.read_json(path, infer_schema_length=None)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -100,7 +100,9 @@ def test_transient_server_errors_are_retried(site_env: SimulatorServer) -> None:
     assert result.tables["entries"].committed > 250
 
 
-def test_wrong_secret_fails_fast(site_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_secret_fails_fast(
+    site_env: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NIGHTSCOUT_API_SECRET", "not-the-secret")
     with pytest.raises(CascadeError, match="answered 401"):
         ingest_day(day=date(2024, 3, 8), branch="dev")

@@ -60,9 +60,9 @@ def deployed() -> dict[str, str]:
     proc_env = {**_os_env(), "PREFECT_API_URL": env["PREFECT_API_URL"],
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     started = time.monotonic()
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "prefect"), "--no-prompt", "deploy",
-                           "--all"], check=False, cwd=REPO, env=proc_env, capture_output=True, text=True,
-                          timeout=600)
+    prefect_cli = str(REPO / ".venv" / "bin" / "prefect")
+    proc = subprocess.run([prefect_cli, "--no-prompt", "deploy", "--all"], check=False, cwd=REPO,
+                          env=proc_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     print(f"prefect deploy --all: {time.monotonic() - started:.1f} s")
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -298,7 +298,7 @@ def _delete_block(name: str) -> None:
     with get_client(sync_client=True) as client:
         try:
             document = client.read_block_document_by_name(name, "custom-webhook")
-        except Exception:  # noqa: BLE001 - nothing to clean up
+        except Exception:  # nothing to clean up
             return
         client.delete_block_document(document.id)
 

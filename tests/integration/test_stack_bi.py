@@ -208,8 +208,8 @@ def _expect_week(rows: Rows, site: str) -> None:
 
 
 def _expect_agp(superset: Superset, chart_id: int, site: str, env: dict[str, str]) -> None:
-    marts = _by_key(_marts(env, "select * from mrt_agp_hourly_14d where site_id = :site", site=site),
-                    "local_hour", int)
+    rows = _marts(env, "select * from mrt_agp_hourly_14d where site_id = :site", site=site)
+    marts = _by_key(rows, "local_hour", int)
     assert len(marts) == 24
     # the filter's default, "Site's unit", is the site's profile unit (mmol/L here)
     for choice, unit, per in (("Site's unit", "mmol/L", MG_DL_PER_MMOL_L), ("mg/dL", "mg/dL", 1.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,7 +48,9 @@ def _commit(branches: EmbeddedBranchCatalog, ref: str, glucose: list[int]) -> in
     return snapshot
 
 
-def _glucose(branches: EmbeddedBranchCatalog, ref: str, snapshot_id: int | None = None) -> list[int]:
+def _glucose(
+    branches: EmbeddedBranchCatalog, ref: str, snapshot_id: int | None = None
+) -> list[int]:
     table = branches.catalog(ref).load_table(TABLE)
     frame = pl.from_arrow(table.scan(snapshot_id=snapshot_id).to_arrow())
     assert isinstance(frame, pl.DataFrame)
@@ -239,7 +242,7 @@ def test_cleanup_refuses_when_a_ref_reaches_an_unreadable_file(
     Path(tag_metadata.removeprefix("file://")).unlink()
     before = _files(branches)
 
-    with pytest.raises(MaintenanceError, match="table raw.readings on keep"):
+    with pytest.raises(MaintenanceError, match=re.escape("table raw.readings on keep")):
         remove_orphan_files(branches)
     assert _files(branches) == before
 

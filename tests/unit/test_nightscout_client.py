@@ -35,7 +35,9 @@ def _entries(times_ms: list[int]) -> list[dict[str, object]]:
             for i, t in enumerate(times_ms)]
 
 
-def _fake_entries(docs: list[dict[str, object]], seen: list[httpx.Request]) -> Callable[..., httpx.Response]:
+def _fake_entries(
+    docs: list[dict[str, object]], seen: list[httpx.Request]
+) -> Callable[..., httpx.Response]:
     """A transport answering like Nightscout: filter on date, newest first, count limit."""
 
     def handler(request: httpx.Request) -> httpx.Response:

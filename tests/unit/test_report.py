@@ -115,7 +115,7 @@ def test_site_without_recent_readings_gets_a_report_without_pictures(tmp_path: P
 
 
 def test_report_without_its_period_row_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no last_14d row for site 'clinic-z'.*build the branch"):
+    with pytest.raises(ValueError, match=r"no last_14d row for site 'clinic-z'.*build the branch"):
         build_report(marts(), "clinic-z", tmp_path)
 
 

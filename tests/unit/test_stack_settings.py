@@ -47,7 +47,7 @@ def test_settings_from_env_keep_secrets_wrapped(stack_vars: dict[str, str]) -> N
 def test_missing_endpoint_says_how_to_fix(stack_vars: dict[str, str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NESSIE_URI")
-    with pytest.raises(ConfigError, match="NESSIE_URI is not set.*stack up"):
+    with pytest.raises(ConfigError, match=r"NESSIE_URI is not set.*stack up"):
         load_stack_settings()
 
 
