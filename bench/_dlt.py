@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -79,12 +80,11 @@ def _iso(moment: datetime) -> str:
 
 
 def _windows_resource(dlt: Any, bounds: list[tuple[datetime, datetime]]) -> Any:
-    @dlt.resource(name="windows", selected=False)
-    def windows() -> Any:
+    def windows() -> Iterator[list[dict[str, Any]]]:
         yield [{"lo_ms": int(lo.timestamp() * 1000), "hi_ms": int(hi.timestamp() * 1000),
                 "lo_iso": _iso(lo), "hi_iso": _iso(hi)} for lo, hi in bounds]  # one page
 
-    return windows
+    return dlt.resource(windows, name="windows", selected=False)
 
 
 def _window_bounds(end: str, days: int, chunk_days: int) -> list[tuple[datetime, datetime]]:

@@ -72,10 +72,10 @@ def main() -> None:
     print(f"| all | {total:.2f} | {rows / total:,.0f} |")
     print("\n| table | snapshots | data files | avg file KiB |\n| --- | ---: | ---: | ---: |")
     for name in WINDOW_TABLES:
-        table = catalog.load_table(f"raw.{name}")
-        files = table.inspect.files()
+        iceberg = catalog.load_table(f"raw.{name}")
+        files = iceberg.inspect.files()
         sizes = files.column("file_size_in_bytes").to_pylist()
-        print(f"| raw.{name} | {len(table.snapshots())} | {len(sizes)} | "
+        print(f"| raw.{name} | {len(iceberg.snapshots())} | {len(sizes)} | "
               f"{sum(sizes) / max(1, len(sizes)) / 1024:.1f} |")
 
 

@@ -71,13 +71,15 @@ def main() -> int:
             job_variables={"env": env}, timeout=3600)
         seconds = time.monotonic() - started
         assert isinstance(run, FlowRun)
+        # validated, so the filters hold Prefect's own datetime type, as annotated
+        since = {"after_": submitted}
         with get_client(sync_client=True) as client:
             flows = client.count_flow_runs(flow_run_filter=FlowRunFilter(
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=submitted)))
+                expected_start_time=FlowRunFilterExpectedStartTime.model_validate(since)))
             tasks, page = 0, 200  # the sync client has no count_task_runs: page through
             while True:
                 got = len(client.read_task_runs(task_run_filter=TaskRunFilter(
-                    start_time=TaskRunFilterStartTime(after_=submitted)),
+                    start_time=TaskRunFilterStartTime.model_validate(since)),
                     limit=page, offset=tasks))
                 tasks += got
                 if got < page:
