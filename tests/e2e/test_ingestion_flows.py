@@ -6,7 +6,6 @@ from datetime import date, timedelta
 
 import polars as pl
 import pytest
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
 from flows.ingest_day import ingest_day
 from flows.pipeline import backfill
@@ -14,6 +13,7 @@ from tasks.errors import CascadeError, NightscoutBadResponse
 from tasks.lakehouse import read_table
 from tasks.profile import embedded_lakehouse
 from tasks.simulator import SimulatorServer, expected_records
+from tests._iceberg import between
 from tests.e2e.conftest import SITE
 
 pytestmark = pytest.mark.e2e
@@ -112,8 +112,7 @@ def test_window_rows_stay_inside_their_partition(site_env: SimulatorServer) -> N
     ingest_day(day=date(2024, 3, 31), branch="dev")  # DST change day in Europe/London
     catalog = embedded_lakehouse().branches.catalog("dev")
     table = catalog.load_table("raw.entries")
-    inside = And(GreaterThanOrEqual("entry_at", "2024-03-31T00:00:00+00:00"),
-                 LessThan("entry_at", "2024-04-01T00:00:00+00:00"))
+    inside = between("entry_at", "2024-03-31T00:00:00+00:00", "2024-04-01T00:00:00+00:00")
     assert table.scan(row_filter=inside).to_arrow().num_rows == table.scan().to_arrow().num_rows
     local = _raw("dev", "entries").select(pl.col("local_at").dt.hour()).to_series()
     assert 1 not in set(local.to_list())  # 01:00–02:00 local does not exist that day

@@ -8,7 +8,6 @@ from datetime import date
 
 import polars as pl
 import pytest
-from pyiceberg.expressions import EqualTo
 
 from flows.build_branch import build_branch
 from flows.pipeline import backfill, daily
@@ -20,6 +19,7 @@ from tasks.profile import embedded_lakehouse
 from tasks.query import open_ref
 from tasks.settings import load_lakehouse_settings
 from tasks.simulator import SimulatorServer
+from tests._iceberg import eq
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +82,7 @@ def test_failing_validation_leaves_main_untouched_and_branch_kept(
     branch = result.branch
     # lose a day's rows on the branch behind ingestion's back: reconciliation must catch it
     table = branches.catalog(branch).load_table("raw.entries")
-    table.delete(EqualTo("site_id", "a"))
+    table.delete(eq("site_id", "a"))
     main_before = branches.ref("main").hash
     build_branch(branch)
     with pytest.raises(ValidationFailed, match=re.escape("reconcile raw.entries")):

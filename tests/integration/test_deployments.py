@@ -35,12 +35,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled
-from pyiceberg.expressions import EqualTo
 
 from flows.automations import FAILED_NAME, apply_automations, delete_automations
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
+from tests._iceberg import eq
 from tests.integration.conftest import NOW, REPO, STACK_ENV, read_env_file
 
 pytestmark = pytest.mark.stack
@@ -160,9 +160,9 @@ def test_backfill_deployment_runs_through_the_worker_and_lands_on_main(
     assert flow_runs >= 5  # backfill + build_branch, validate, promote, publish
 
     main = stack_lakehouse().branches.catalog("main")
-    entries = read_table(main, "raw.entries", EqualTo("site_id", SITE_ID))
+    entries = read_table(main, "raw.entries", eq("site_id", SITE_ID))
     assert set(entries.get_column("entry_at").dt.date().unique().to_list()) == set(RANGE)
-    daily = read_table(main, "marts.mrt_daily_glycaemia", EqualTo("site_id", SITE_ID))
+    daily = read_table(main, "marts.mrt_daily_glycaemia", eq("site_id", SITE_ID))
     assert daily.height >= 2
 
 
@@ -221,7 +221,7 @@ def test_fan_out_runs_each_partition_as_a_deployment_run_bounded_by_the_site_lim
     suffix = "-" + run.id.hex[:8]
     (name,) = [r.name for r in branches.list_refs() if r.name.endswith(suffix)]
     branch = branches.catalog(name)  # promote_to_main=False: the branch is kept
-    entries = read_table(branch, "raw.entries", EqualTo("site_id", SITE_ID))
+    entries = read_table(branch, "raw.entries", eq("site_id", SITE_ID))
     assert {d for d in entries.get_column("entry_at").dt.date().unique().to_list()
             if d in days} == set(days)
 
@@ -357,10 +357,11 @@ def test_second_daily_run_waits_for_the_first(
         try:
             first = _wait_for(client, first.id, lambda s: s.is_running() or s.is_final(), 120)
             assert first.state is not None and first.state.is_running(), first.state
-            second = run_deployment("daily/cascade-daily", parameters=params,
+            queued = run_deployment("daily/cascade-daily", parameters=params,
                                     job_variables={"env": env}, timeout=0)
-            assert isinstance(second, FlowRun)
-            second = _wait_for(client, second.id,
+            assert isinstance(queued, FlowRun)
+            second = queued  # known before the wait, so the finally cancels it
+            second = _wait_for(client, queued.id,
                                lambda s: s.name == "AwaitingConcurrencySlot" or s.is_running(),
                                30)
             assert second.state is not None

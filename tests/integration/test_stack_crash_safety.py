@@ -16,12 +16,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from pyiceberg.expressions import EqualTo
 
 from tasks.lakehouse import read_table
 from tasks.nessie import NO_ANCESTOR
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
+from tests._iceberg import eq
 from tests.integration.conftest import NOW, REPO, SECRET, use_site
 from tests.integration.test_stack_pipeline import MARTS, _postgres_mart
 
@@ -102,7 +102,7 @@ def test_kill_9_on_the_stack_is_all_or_nothing_and_a_rerun_heals(
         tags = {r.name: r.hash for r in branches.list_refs() if r.kind == "tag"}
         lost = [n for n in tags.keys() - tags_before if tags[n] == main_crashed]
         assert len(lost) == 1, sorted(tags.keys() - tags_before)
-    entries = read_table(branches.catalog("main"), "raw.entries", EqualTo("site_id", stack_site))
+    entries = read_table(branches.catalog("main"), "raw.entries", eq("site_id", stack_site))
     day = entries.filter(pl.col("entry_at").dt.date() == date.fromisoformat(DAYS[point]))
     assert day.height > 200
     assert entries.get_column("entry_id").n_unique() == entries.height  # nothing twice

@@ -16,7 +16,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from pyiceberg.expressions import EqualTo
 
 from flows.build_branch import build_branch
 from flows.pipeline import backfill
@@ -26,6 +25,7 @@ from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.settings import marts_url_from_env
 from tasks.trino import branch_catalog, query
+from tests._iceberg import eq
 
 pytestmark = pytest.mark.stack
 
@@ -81,7 +81,7 @@ def _assert_same(stack: pl.DataFrame, embedded: pl.DataFrame, name: str) -> None
         if a.dtype == pl.Float64:
             diff = (a - b).abs()
             ok = (diff <= 1e-6 + 1e-9 * b.abs()) | (a.is_null() & b.is_null())
-            assert ok.all(), f"{name}.{column}: largest difference {diff.max()}"
+            assert ok.all(), f"{name}.{column}: largest difference {diff.max()!r}"
         else:
             assert a.to_list() == b.to_list(), f"{name}.{column}"
 
@@ -117,7 +117,7 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
         assert _site_rows(before, "raw.entries", stack_site) == entries_first
         assert _site_rows(before, "marts.mrt_daily_glycaemia", stack_site) == days
     old = read_table(branches.catalog(str(first.tag)), "raw.entries",
-                     EqualTo("site_id", stack_site))
+                     eq("site_id", stack_site))
     assert old.height == entries_first
     assert str(second.tag) != str(first.tag)
 
@@ -131,7 +131,7 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
     embedded_main = embedded_lakehouse().branches.catalog("main")
     for name in MARTS:
         embedded = read_table(embedded_main, f"marts.{name}",
-                              EqualTo("site_id", stack_site))
+                              eq("site_id", stack_site))
         _assert_same(_postgres_mart(name, stack_site), embedded, name)
 
 
@@ -141,7 +141,7 @@ def test_failing_validation_leaves_nessie_main_unchanged(stack_site: str) -> Non
     branch = result.branch
     try:
         # lose the site's rows on the branch behind ingestion's back
-        branches.catalog(branch).load_table("raw.entries").delete(EqualTo("site_id", stack_site))
+        branches.catalog(branch).load_table("raw.entries").delete(eq("site_id", stack_site))
         main_before = branches.ref("main").hash
         build_branch(branch, node_tasks=False)
         with pytest.raises(ValidationFailed, match=re.escape("reconcile raw.entries")):
@@ -168,7 +168,7 @@ def test_two_backfills_at_once_both_land(stack_site: str, stack_env: dict[str, s
     # redid its range on a fresh branch
     assert any("(attempt 2)" in out for out in outputs), outputs[0][-2000:]
     entries = read_table(stack_lakehouse().branches.catalog("main"), "raw.entries",
-                         EqualTo("site_id", stack_site))
+                         eq("site_id", stack_site))
     landed = set(entries.get_column("entry_at").dt.date().unique().to_list())
     assert {date(2024, 3, d) for d in range(20, 24)} <= landed
     assert entries.get_column("entry_id").n_unique() == entries.height  # nothing twice

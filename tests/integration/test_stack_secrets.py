@@ -49,7 +49,7 @@ def test_a_full_run_leaks_no_secret(stack_site: str, stack_env: dict[str, str],
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            start_time=FlowRunFilterStartTime(after_=started)))
+            start_time=FlowRunFilterStartTime.model_validate({"after_": started})))
         ids = [r.id for r in runs]
         assert len(ids) >= 6  # backfill + build, validate, promote, publish; the failed one
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))

@@ -16,7 +16,6 @@ from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from pyiceberg.expressions import EqualTo
 
 from flows.build_branch import build_branch
 from flows.ingest_day import ingest_day
@@ -24,6 +23,7 @@ from tasks.errors import ServiceUnavailable
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.settings import marts_url_from_env
+from tests._iceberg import eq
 from tests.integration.conftest import REPO, SECRET
 
 pytestmark = pytest.mark.stack
@@ -63,7 +63,7 @@ def _no_secret(text: str, env: dict[str, str]) -> None:
 
 def _entries(branch: str, site: str, day: date) -> int:
     rows = read_table(stack_lakehouse().branches.catalog(branch), "raw.entries",
-                      EqualTo("site_id", site))
+                      eq("site_id", site))
     return int((rows.get_column("entry_at").dt.date() == day).sum())
 
 
@@ -109,7 +109,7 @@ def test_build_with_trino_down_fails_clearly_then_builds(
         built = build_branch(branch, node_tasks=False)
         assert len(built.exported) >= 10
         assert read_table(branches.catalog(branch), "marts.mrt_daily_glycaemia",
-                          EqualTo("site_id", stack_site)).height >= 1
+                          eq("site_id", stack_site)).height >= 1
     finally:
         branches.delete_branch(branch)
 
@@ -185,7 +185,7 @@ def test_nessie_restored_from_its_pg_dump_reads_and_time_travels_as_backed_up(
                      dbt_node_tasks=False)
     tag, main_at_dump = str(first.tag), branches.ref("main").hash
     rows_at_dump = read_table(branches.catalog("main"), "raw.entries",
-                              EqualTo("site_id", stack_site)).height
+                              eq("site_id", stack_site)).height
     dump = Path(str(tmp_path)) / "nessie.dump"
     _pg("pg_dump", stack_env, "-Fc", "-f", str(dump), "nessie")
 
@@ -199,5 +199,5 @@ def test_nessie_restored_from_its_pg_dump_reads_and_time_travels_as_backed_up(
     assert branches.ref(tag).hash == main_at_dump
     assert str(second.tag) not in {r.name for r in branches.list_refs()}
     for ref in ("main", tag):  # the files are still in the bucket: both read the same rows
-        entries = read_table(branches.catalog(ref), "raw.entries", EqualTo("site_id", stack_site))
+        entries = read_table(branches.catalog(ref), "raw.entries", eq("site_id", stack_site))
         assert entries.height == rows_at_dump > 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,12 +24,12 @@ from bench.suite import _chain_runs, parse_args, plot_scaling
 
 
 def _figure(benchmark: str, system: str, size: str, rows: int, seconds: list[float],
-            peak: list[float] | None = None) -> dict[str, object]:
+            peak: list[float] | None = None) -> dict[str, Any]:
     return {"benchmark": benchmark, "system": system, "size": size, "rows": rows,
             "seconds": seconds, "peak_rss_mib": peak or [], "runs": []}
 
 
-def _result() -> dict[str, object]:
+def _result() -> dict[str, Any]:
     figures = [
         _figure("ingest", "cascade", "1 d", 1000, [2.0, 1.0, 4.0], [300.0, 310.0, 305.0]),
         _figure("ingest", "dlt", "1 d", 1000, [10.0, 12.0, 8.0], [200.0, 220.0, 210.0]),
@@ -142,7 +143,7 @@ def test_sample_split_counts_each_sample_for_the_time_before_it_inside_the_windo
                                                  "waiting": 1.0}
 
 
-def _chain_run() -> dict[str, object]:
+def _chain_run() -> dict[str, Any]:
     """A parent 10 → 110 s: ingest tasks 12-30 (two overlapping windows), build 40-80 with
     one task 42-50 and a nested subflow 60-70 holding a task 61-65, validate 85-95, a
     publish placeholder task run that must not count as work."""
@@ -191,7 +192,7 @@ def test_chain_breakdown_gives_stage_shares_counts_and_overhead() -> None:
     assert (b["sampled_cascade_s"], b["sampled_prefect_s"]) == (10.0, 10.0)
 
 
-def _chain_figure() -> dict[str, object]:
+def _chain_figure() -> dict[str, Any]:
     first = chain_breakdown(_chain_run())
     slower = _chain_run()
     slower["parent"] = {**slower["parent"], "end": 210.0}  # 200 s parent wall
@@ -361,10 +362,10 @@ def test_markdown_shows_when_each_benchmark_ran_and_the_per_site_cost() -> None:
     assert "| 100 site-years | 800 | 300 | 19 | 150.0 | 0.5 | 0 |" in text
 
 
-def _stamped(result: dict[str, object], started: str, ran: list[str]) -> dict[str, object]:
+def _stamped(result: dict[str, Any], started: str, ran: list[str]) -> dict[str, Any]:
     meta = result["meta"]
-    meta["started_at"] = started  # type: ignore[index]
-    meta["benchmarks"] = {b: {"started_at": started, "wall_s": 1.0,  # type: ignore[index]
+    meta["started_at"] = started
+    meta["benchmarks"] = {b: {"started_at": started, "wall_s": 1.0,
                               "load_average_start": [1.0, 1.0, 1.0],
                               "load_average_end": [1.0, 1.0, 1.0], "notes": []}
                           for b in ran}

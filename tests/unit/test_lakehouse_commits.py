@@ -159,18 +159,19 @@ def test_a_commit_never_deep_copies_the_table_history_for_its_own_view(
     # PyIceberg's Transaction.table_metadata deep-copies every snapshot on each read (a
     # dozen reads per commit), which made commits slower the longer a table's history.
     import pyiceberg.table as iceberg_table
+    from pyiceberg.table.update import update_table_metadata as real
 
     for n in range(6):  # some history: appends, then a replace of a day that has rows
         _write(catalog, "a", DAY + n * ONE_DAY, [n])
     table = catalog.load_table(LAYOUT.identifier)
     before = table.metadata.model_dump_json()
     reads: list[int] = []
-    real = iceberg_table.update_table_metadata
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         reads.append(1)
         return real(*args, **kwargs)
 
+    # the name Transaction's table_metadata looks up, re-exported from pyiceberg.table.update
     monkeypatch.setattr(iceberg_table, "update_table_metadata", counted)
     _write(catalog, "a", DAY + 2 * ONE_DAY, [20, 21])  # a delete and an append
     _write(catalog, "b", DAY, [7])  # a plain append

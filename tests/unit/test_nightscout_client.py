@@ -80,7 +80,7 @@ def test_fetch_keeps_records_sharing_the_page_boundary_time() -> None:
     times = [T0 + 1000, T0 + 2000, T0 + 2000, T0 + 2000, T0 + 3000, T0 + 4000, T0 + 5000]
     docs = _entries(times)
     frame = _client(_fake_entries(docs, []), page_size=5).fetch_window("entries", START, END).frame
-    assert sorted(frame.get_column("_id").to_list()) == sorted(d["_id"] for d in docs)
+    assert sorted(frame.get_column("_id").to_list()) == sorted(str(d["_id"]) for d in docs)
 
 
 def test_fetch_widens_page_when_one_timestamp_fills_it() -> None:
@@ -270,7 +270,7 @@ def test_clients_share_one_tls_context_until_the_ca_settings_change(
         built.append(real())
         return built[-1]
 
-    monkeypatch.setattr(nightscout.httpx, "create_ssl_context", counting)
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)  # the module the client uses
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     nightscout._tls_context.cache_clear()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from pyiceberg.expressions import And, In
+from pyiceberg.expressions import And
 
 from tasks.branches import EmbeddedBranchCatalog
 from tasks.days import DayRange as R
@@ -15,6 +15,7 @@ from tasks.ingest import TableCounts
 from tasks.lakehouse import ensure_table, replace_rows
 from tasks.partitions import Partition, finished, ingest_totals, plan_partitions
 from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA
+from tests._iceberg import isin
 
 LOG = AUDIT_TABLES["ingest_log"]
 
@@ -34,7 +35,7 @@ def _write(branches: EmbeddedBranchCatalog, ref: str, rows: pl.DataFrame) -> Non
     sites = set(rows.get_column("site_id").to_list())
     days = {d.isoformat() for d in rows.get_column("window_date").to_list()}
     replace_rows(branches.catalog(ref), LOG, rows,
-                 And(In("site_id", sites), In("window_date", days)))
+                 And(isin("site_id", sites), isin("window_date", days)))
 
 
 @pytest.fixture
