@@ -113,8 +113,9 @@ def staged_metadata(base: TableMetadata, updates: tuple[TableUpdate, ...]) -> Ta
 
 
 def write_data_files(metadata: TableMetadata, io: FileIO, data: pa.Table,
-                      write_uuid: uuid.UUID) -> list[DataFile]:
-    """Write ``data`` as one Parquet file per partition and describe each as a DataFile."""
+                     write_uuid: uuid.UUID, first: int = 0) -> list[DataFile]:
+    """Write ``data`` as one Parquet file per partition and describe each as a DataFile
+    (files numbered from ``first``, so several calls for one commit do not collide)."""
     schema = metadata.schema()
     file_schema = sanitize_column_names(schema)
     parquet = ParquetFormatModel()
@@ -130,7 +131,8 @@ def write_data_files(metadata: TableMetadata, io: FileIO, data: pa.Table,
         _to_requested_schema(file_schema, data_schema, batch, include_field_ids=True,
                              format_model=parquet) for batch in data.to_batches()])
     files = []
-    for n, (key, arrow) in enumerate(_partitions_of(metadata.spec(), file_schema, converted)):
+    for n, (key, arrow) in enumerate(_partitions_of(metadata.spec(), file_schema, converted),
+                                     start=first):
         name = f"00000-{n}-{write_uuid}.parquet"
         path = locations.new_data_location(data_file_name=name, partition_key=key)
         output = io.new_output(path)

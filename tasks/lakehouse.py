@@ -14,8 +14,9 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -38,6 +39,7 @@ from pyiceberg.expressions import (
     Reference,
 )
 from pyiceberg.expressions.literals import literal
+from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table, Transaction
@@ -53,6 +55,7 @@ from tasks.tables import TableLayout
 
 __all__ = [
     "read_table",
+    "replace_batches",
     "replace_rows",
     "site_window",
 ]
@@ -127,6 +130,7 @@ def _partition_fields(layout: TableLayout) -> list[tuple[str, Transform[Any, Any
     if layout.partition_time is not None:
         fields.append((layout.partition_time, MonthTransform(),
                        f"{layout.partition_time}_month"))
+    fields.extend((column, IdentityTransform(), column) for column in layout.partition_identity)
     return fields
 
 
@@ -199,7 +203,8 @@ def site_window(layout: TableLayout, site_id: str, start: datetime | date | None
 
 
 def replace_rows(
-    catalog: Catalog, layout: TableLayout, rows: pl.DataFrame, where: BooleanExpression
+    catalog: Catalog, layout: TableLayout, rows: pl.DataFrame, where: BooleanExpression,
+    snapshot_properties: dict[str, str] | None = None,
 ) -> int | None:
     """Replace the rows matching ``where`` with ``rows``, in one catalog commit.
 
@@ -211,11 +216,40 @@ def replace_rows(
     moved since that snapshot, so when another writer commits first the table is
     reloaded and the commit planned again, with backoff.
 
+    ``snapshot_properties`` go into the summary of the snapshot that adds the rows.
+
     Returns the snapshot id written (None when there was nothing to change).
     """
     data = rows.select(layout.schema.names()).cast(layout.schema).to_arrow()
     with _commit_lock(catalog, layout.identifier):
-        return _replace_with_retry(catalog, layout, data, where)
+        return _replace_with_retry(catalog, layout, data, where, snapshot_properties or {})
+
+
+def replace_batches(
+    catalog: Catalog, layout: TableLayout, batches: Iterator[pa.Table], where: BooleanExpression,
+) -> int:
+    """Replace the rows matching ``where`` with the rows of ``batches``, in one catalog commit,
+    holding one batch in memory at a time: each batch is written as data files as it comes
+    (one per partition), and the commit then swaps them in as ``replace_rows`` does.
+
+    Returns the number of rows written.
+    """
+    table = ensure_table(catalog, layout)
+    metadata = table.metadata
+    schema = _arrow_schema(layout.schema)
+    files: list[DataFile] = []
+    rows = 0
+    write_uuid = uuid.uuid4()
+    for batch in batches:
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        data = frame.select(layout.schema.names()).cast(layout.schema).to_arrow().cast(schema)
+        check_schema_compatible(metadata, data.schema)
+        files += write_data_files(metadata, table.io, data, write_uuid, first=len(files))
+        rows += data.num_rows
+    with _commit_lock(catalog, layout.identifier):
+        _replace_with_retry(catalog, layout, files, where)
+    return rows
 
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
@@ -259,12 +293,13 @@ def _keep_table(catalog: Catalog, identifier: str, table: Table | None) -> None:
             _TABLES.popitem(last=False)
 
 
-def _replace_with_retry(catalog: Catalog, layout: TableLayout, data: pa.Table,
-                        where: BooleanExpression) -> int | None:
+def _replace_with_retry(catalog: Catalog, layout: TableLayout, data: pa.Table | list[DataFile],
+                        where: BooleanExpression,
+                        properties: dict[str, str] | None = None) -> int | None:
     table = _open_table(catalog, layout)
     for attempt in range(1, _COMMIT_ATTEMPTS + 1):
         try:
-            written = _replace(table, data, where)
+            written = _replace(table, data, where, properties or {})
         except (CommitFailedException, NoSuchTableError):
             _keep_table(catalog, layout.identifier, None)
             if attempt == _COMMIT_ATTEMPTS:
@@ -280,15 +315,21 @@ def _replace_with_retry(catalog: Catalog, layout: TableLayout, data: pa.Table,
     return None
 
 
-def _replace(table: Table, data: pa.Table, where: BooleanExpression) -> int | None:
-    """One commit replacing the rows matching ``where`` with ``data`` (see replace_rows)."""
+def _replace(table: Table, data: pa.Table | list[DataFile], where: BooleanExpression,
+             properties: dict[str, str]) -> int | None:
+    """One commit replacing the rows matching ``where`` with ``data`` (see replace_rows):
+    rows to write, or data files already written for the table (``replace_batches``)."""
     matching = _plan(table, where)
-    if not matching and data.num_rows == 0:
+    empty = len(data) == 0 if isinstance(data, list) else data.num_rows == 0
+    if not matching and empty:
         return None
     with StagedTransaction(table) as tx:
         if matching:  # so PyIceberg's delete never warns that it matched no records
             tx.delete(where)
-        _append(tx, table, data)
+        if isinstance(data, list):
+            _append_files(tx, data, properties)
+        else:
+            _append(tx, table, data, properties)
     snapshot = table.current_snapshot()
     return snapshot.snapshot_id if snapshot else None
 
@@ -300,14 +341,24 @@ def _plan(table: Table, where: BooleanExpression) -> list[FileScanTask]:
     return list(table.scan(row_filter=where).plan_files())
 
 
-def _append(tx: Transaction, table: Table, data: pa.Table) -> None:
+def _append(tx: Transaction, table: Table, data: pa.Table,
+            properties: dict[str, str] | None = None) -> None:
     """Stage ``data`` as new files in one append snapshot."""
     if data.num_rows == 0:
         return
     metadata = tx.table_metadata  # the staged view, cheap to read on a StagedTransaction
     check_schema_compatible(metadata, data.schema)
-    with tx.update_snapshot().fast_append() as append:
+    with tx.update_snapshot(snapshot_properties=properties or {}).fast_append() as append:
         for data_file in write_data_files(metadata, table.io, data, append.commit_uuid):
+            append.append_data_file(data_file)
+
+
+def _append_files(tx: Transaction, files: list[DataFile], properties: dict[str, str]) -> None:
+    """Stage data files already written for the table in one append snapshot."""
+    if not files:
+        return
+    with tx.update_snapshot(snapshot_properties=properties).fast_append() as append:
+        for data_file in files:
             append.append_data_file(data_file)
 
 

@@ -49,6 +49,7 @@ class TableLayout:
     schema: pl.Schema
     partition_time: str | None  # month(partition_time), after identity(site_id)
     window_column: str  # column the replace filter bounds: a timestamp or a date
+    partition_identity: tuple[str, ...] = ()  # identity partitions after those two
 
 
 @dataclass(frozen=True)
