@@ -3,8 +3,10 @@
 Everything for the window is fetched, shaped and checked before anything is committed.
 When a day's reject ratio is over the limit, only the audit trail (rejects and the
 ingest log) is written, so the rows can be inspected, and ``ContractError`` is raised.
-The raw rows are committed per table, then the audit rows; the ingest log is written
-last, so a window whose log is missing or disagrees with raw never passes validation.
+The window's days are first recorded as changed (``audit.changed_partitions``, so the
+next build rebuilds them even if a commit below fails half-way), then the raw rows are
+committed per table, then the audit rows; the ingest log is written last, so a window
+whose log is missing or disagrees with raw never passes validation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import And, EqualTo, In, Reference
 from pyiceberg.expressions.literals import literal
 
+from tasks.changes import change_rows, record_changes
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.days import DayRange
 from tasks.errors import CascadeError, ContractError, ServiceUnavailable, unreachable
@@ -109,6 +112,9 @@ def ingest_window(
         _commit_audit(catalog, prepared, ctx)
         raise ContractError(" | ".join(breaches))
     report = WindowReport(ctx.site_id, ctx.window_start, ctx.window_end, ctx.run_id)
+    days: list[date | None] = list(_days(ctx).get_column("window_date"))
+    record_changes(catalog, change_rows(ctx.site_id, [p.table.name for p in prepared], days,
+                                        "ingest", ctx.run_id, ctx.ingested_at))
     for p in prepared:
         layout = raw_layout(p.table)
         replace_rows(catalog, layout, p.rows,
