@@ -67,6 +67,15 @@ create table audit.ingest_log (
     n_duplicates bigint, n_rejected bigint, n_committed bigint,
     ingest_run_id varchar, ingested_at timestamptz
 );
+create table audit.changed_partitions (
+    site_id varchar, table_name varchar, utc_date date, source varchar,
+    run_id varchar, recorded_at timestamptz, build_seq bigint
+);
+create schema cascade_meta;
+create table cascade_meta.built_models (
+    schema_name varchar, model_name varchar, grain varchar, touched varchar,
+    builds_whole boolean
+);
 create table audit.duplicates (
     table_name varchar, site_id varchar, record_id varchar,
     duplicate_of varchar, event_at timestamptz, reason varchar,

@@ -1,8 +1,10 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_sites(ref('fct_cgm_reading')) }}
     where glucose_mg_dl is not null
 
 ),

@@ -4,18 +4,21 @@
     TAR > 180 (severe > 250). GMI (%) = 3.31 + 0.02392 x mean mg/dL
     (Bergenstal et al., Diabetes Care 2018).
 #}
+{{ partitioned('site_day', 'int_partitions_rederived') }}
+
 with
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_rows(ref('fct_cgm_reading')) }}
     where glucose_mg_dl is not null
 
 ),
 
 expected as (
 
-    select * from {{ ref('int_expected_readings_computed') }}
+    select *
+    from {{ touched_rows(ref('int_expected_readings_computed')) }}
 
 ),
 

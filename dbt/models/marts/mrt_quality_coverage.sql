@@ -1,26 +1,29 @@
+{{ partitioned('site_day', 'int_partitions_rederived') }}
+
 with
 
 days as (
 
-    select * from {{ ref('int_expected_readings_computed') }}
+    select *
+    from {{ touched_rows(ref('int_expected_readings_computed')) }}
 
 ),
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_rows(ref('fct_cgm_reading')) }}
 
 ),
 
 gaps as (
 
-    select * from {{ ref('int_cgm_gaps_measured') }}
+    select * from {{ touched_rows(ref('int_cgm_gaps_measured')) }}
 
 ),
 
 ingest_duplicates as (
 
-    select * from {{ ref('stg_duplicates') }}
+    select * from {{ touched_rows(ref('stg_duplicates')) }}
     where table_name = 'entries'
         and coalesce(record_type, 'sgv') = 'sgv'
 

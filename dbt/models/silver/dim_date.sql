@@ -1,20 +1,22 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_sites(ref('fct_cgm_reading')) }}
 
 ),
 
 treatments as (
 
-    select * from {{ ref('stg_treatments') }}
+    select * from {{ touched_sites(ref('stg_treatments')) }}
 
 ),
 
 statuses as (
 
-    select * from {{ ref('stg_devicestatus') }}
+    select * from {{ touched_sites(ref('stg_devicestatus')) }}
 
 ),
 

@@ -1,14 +1,16 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_sites(ref('fct_cgm_reading')) }}
 
 ),
 
 gaps as (
 
-    select * from {{ ref('int_cgm_gaps_measured') }}
+    select * from {{ touched_sites(ref('int_cgm_gaps_measured')) }}
 
 ),
 

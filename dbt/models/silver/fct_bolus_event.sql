@@ -1,8 +1,10 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 treatments as (
 
-    select * from {{ ref('stg_treatments') }}
+    select * from {{ touched_rows(ref('stg_treatments')) }}
 
 ),
 

@@ -1,8 +1,10 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 entries as (
 
-    select * from {{ ref('stg_entries') }}
+    select * from {{ touched_rows(ref('stg_entries')) }}
 
 ),
 

@@ -1,14 +1,16 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 days as (
 
-    select * from {{ ref('dim_date') }}
+    select * from {{ touched_sites(ref('dim_date')) }}
 
 ),
 
 intervals as (
 
-    select * from {{ ref('int_sensor_intervals_derived') }}
+    select * from {{ touched_sites(ref('int_sensor_intervals_derived')) }}
 
 ),
 

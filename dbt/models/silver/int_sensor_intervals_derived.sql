@@ -1,3 +1,5 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 {# Fallback when a site has too few readings to measure its interval. #}
 {% set default_interval_min = 5 %}
 
@@ -5,13 +7,13 @@ with
 
 gaps as (
 
-    select * from {{ ref('int_cgm_gaps_measured') }}
+    select * from {{ touched_sites(ref('int_cgm_gaps_measured')) }}
 
 ),
 
 sites as (
 
-    select distinct site_id from {{ ref('dim_date') }}
+    select distinct site_id from {{ touched_sites(ref('dim_date')) }}
 
 ),
 

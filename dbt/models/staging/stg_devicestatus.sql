@@ -1,8 +1,12 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 source as (
 
-    select * from {{ source('raw', 'devicestatus') }}
+    select *
+    from {{ touched_source('raw', 'devicestatus', 'status_at') }}
+        as rows_in_scope
 
 ),
 

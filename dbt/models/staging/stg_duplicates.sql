@@ -1,8 +1,12 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 source as (
 
-    select * from {{ source('audit', 'duplicates') }}
+    select *
+    from {{ touched_source('audit', 'duplicates', 'event_at') }}
+        as rows_in_scope
 
 ),
 

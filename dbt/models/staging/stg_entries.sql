@@ -1,8 +1,12 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 source as (
 
-    select * from {{ source('raw', 'entries') }}
+    select *
+    from {{ touched_source('raw', 'entries', 'entry_at') }}
+        as rows_in_scope
 
 ),
 

@@ -1,8 +1,12 @@
+{{ partitioned('site_day', 'int_partitions_touched') }}
+
 with
 
 source as (
 
-    select * from {{ source('raw', 'treatments') }}
+    select *
+    from {{ touched_source('raw', 'treatments', 'treatment_at') }}
+        as rows_in_scope
 
 ),
 
