@@ -117,8 +117,10 @@ def _flow_command(args: argparse.Namespace) -> int:
     if args.command == "build":
         from flows.build_branch import build_branch
 
-        report = build_branch(branch=args.branch)
-        print(f"built {args.branch}: {len(report.exported)} models, failures: {report.failures}")
+        report = build_branch(branch=args.branch, full_refresh=args.full_refresh)
+        what = f"everything ({report.reason})" if report.full_refresh else "incremental"
+        print(f"built {args.branch} (build {report.build_seq}, {what}): "
+              f"{len(report.exported)} models, failures: {report.failures}")
     elif args.command == "validate":
         from flows.validate import validate
 
@@ -134,11 +136,12 @@ def _flow_command(args: argparse.Namespace) -> int:
     elif args.command == "publish":
         from flows.publish import publish
 
-        _print_published(publish(ref=args.ref, units=args.units))
+        _print_published(publish(ref=args.ref, units=args.units, full=args.full))
     elif args.command == "daily":
         from flows.pipeline import daily
 
-        _print_run(daily(day=args.day, sites=args.sites or None, units=args.units))
+        _print_run(daily(day=args.day, sites=args.sites or None, units=args.units,
+                         full_refresh=args.full_refresh))
     return 0
 
 
@@ -223,7 +226,8 @@ def _backfill(args: argparse.Namespace) -> int:
                       chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
                       max_reject_ratio=args.max_reject_ratio,
                       promote_to_main=not args.no_promote,
-                      dbt_node_tasks=not args.plain_dbt, units=args.units)
+                      dbt_node_tasks=not args.plain_dbt, units=args.units,
+                      full_refresh=args.full_refresh)
     _print_run(result)
     return 0
 
@@ -278,6 +282,10 @@ def _units_option(cmd: argparse.ArgumentParser) -> None:
                           "site's own unit (from its Nightscout profile)")
 
 
+_FULL_REFRESH = ("rebuild every model whole (default: only the partitions the run changed; "
+                 "done by itself when the dbt project changed)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,6 +315,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="stop after ingestion and keep the branch")
     back.add_argument("--plain-dbt", action="store_true",
                       help="run dbt plainly instead of one Prefect task per dbt node")
+    back.add_argument("--full-refresh", action="store_true", help=_FULL_REFRESH)
     _units_option(back)
     back.set_defaults(run=_backfill)
     for name, help_text in (("build", "dbt build on a branch"),
@@ -314,9 +323,14 @@ def _parser() -> argparse.ArgumentParser:
                             ("promote", "merge a validated branch into main")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("branch")
+        if name == "build":
+            cmd.add_argument("--full-refresh", action="store_true", help=_FULL_REFRESH)
         cmd.set_defaults(run=_flow_command)
     pub = sub.add_parser("publish", help="publish marts from a ref to the marts database")
     pub.add_argument("--ref", default="main")
+    pub.add_argument("--full", action="store_true",
+                     help="write every mart whole (default: what changed since the last "
+                          "publish)")
     _units_option(pub)
     pub.set_defaults(run=_flow_command)
     dly = sub.add_parser("daily", help="the whole chain for one local day (default yesterday)")
@@ -324,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     dly.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
                      help="a nightscout-site block; repeat for several sites on one branch")
     _units_option(dly)
+    dly.add_argument("--full-refresh", action="store_true", help=_FULL_REFRESH)
     dly.set_defaults(run=_flow_command)
     reset = sub.add_parser("reset", help="point a branch (main) at a tag: undo a promote")
     reset.add_argument("branch")

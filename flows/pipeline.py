@@ -60,6 +60,7 @@ def backfill(
     dbt_node_tasks: bool = True,
     fan_out: FanOut = "tasks",
     units: str | None = None,
+    full_refresh: bool = False,
 ) -> RunResult:
     """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
     validate, promote and publish it.
@@ -85,6 +86,7 @@ def backfill(
             site by the global concurrency limit ``nightscout-<site id>``).
         units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
             unit (from its Nightscout profile).
+        full_refresh: rebuild every model whole (default: only what the run changed).
     """
     lakehouse = current_profile().lakehouse
     chosen = choose_sites(_block_name(site) or site_block, sites)
@@ -100,7 +102,8 @@ def backfill(
     if not promote_to_main:
         return RunResult(ingested)
     return _write_audit_publish("backfill", lakehouse, ingested,
-                                ingest if branch is None else None, dbt_node_tasks, units)
+                                ingest if branch is None else None, dbt_node_tasks, units,
+                                full_refresh)
 
 
 def _write_audit_publish(
@@ -110,6 +113,7 @@ def _write_audit_publish(
     redo: Callable[[str | None], IngestResult] | None,
     dbt_node_tasks: bool = True,
     units: str | None = None,
+    full_refresh: bool = False,
 ) -> RunResult:
     """build → validate → promote → publish; raises (main untouched) if any step fails.
 
@@ -121,7 +125,7 @@ def _write_audit_publish(
     logger = get_run_logger()
     for attempt in range(1, PROMOTE_ATTEMPTS + 1):
         branch = ingested.branch
-        build = build_branch(branch, node_tasks=dbt_node_tasks)
+        build = build_branch(branch, node_tasks=dbt_node_tasks, full_refresh=full_refresh)
         audit = validate(branch)
         try:
             promoted = promote(branch, expected_main_hash=audit.main_hash)
@@ -146,7 +150,7 @@ def _write_audit_publish(
 def daily(day: date | None = None, site: NightscoutSite | None = None,
           site_block: str | None = None, sites: list[str] | None = None,
           max_reject_ratio: float = 0.05, dbt_node_tasks: bool = True,
-          units: str | None = None) -> RunResult:
+          units: str | None = None, full_refresh: bool = False) -> RunResult:
     """Ingest, build, validate, promote and publish one local day (default: yesterday).
 
     A local day spans two UTC days, so the UTC days around it are (re-)ingested.
@@ -161,6 +165,7 @@ def daily(day: date | None = None, site: NightscoutSite | None = None,
         dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
         units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
             unit (from its Nightscout profile).
+        full_refresh: rebuild every model whole (default: only what the run changed).
     """
     lakehouse = current_profile().lakehouse
     chosen = choose_sites(_block_name(site) or site_block, sites)
@@ -172,7 +177,8 @@ def daily(day: date | None = None, site: NightscoutSite | None = None,
     def ingest(target: str | None) -> IngestResult:
         return ingest_partitions(lakehouse, chosen, plan, target)
 
-    run = _write_audit_publish("daily", lakehouse, ingest(None), ingest, dbt_node_tasks, units)
+    run = _write_audit_publish("daily", lakehouse, ingest(None), ingest, dbt_node_tasks, units,
+                               full_refresh)
     return replace(run, days={s: d.local_day for s, d in local_days.items()})
 
 

@@ -1,9 +1,13 @@
 """The dbt build of a branch, one engine per profile (chosen in ``tasks.profile``).
 
-* ``DuckDbBuild`` (embedded): the branch's raw and audit tables go into a DuckDB build
-  file, ``dbt build`` runs there, and every model lands in Iceberg on the branch.
-* ``TrinoBuild`` (stack): dbt-trino writes the models straight into the branch through a
-  Trino catalog created for it (and dropped afterwards).
+Both build what the plan says (``tasks.build_plan``): only the partitions the pending
+changes touch, or everything.
+
+* ``DuckDbBuild`` (embedded): dbt-duckdb in a scratch file whose views read the branch's
+  Iceberg tables in place; each model's rebuilt partitions then land back in Iceberg
+  (``tasks.embedded_build``).
+* ``TrinoBuild`` (stack): dbt-trino rebuilds the partitions in place on the branch, through
+  a Trino catalog created for it (and dropped afterwards).
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import timeouts
 from tasks.branches import BranchCatalog
-from tasks.dbt_runner import (
-    BuildReport,
-    dbt_environment,
-    export_models,
-    load_sources,
-    model_counts,
-    run_dbt,
-    timed,
-    trino_dbt_environment,
+from tasks.build_log import BuildRecord, TouchedSet
+from tasks.build_plan import BuildPlan, build_status
+from tasks.dbt_runner import BuildReport, dbt_environment, run_dbt, timed, trino_dbt_environment
+from tasks.embedded_build import (
+    build_file_lock,
+    built_models,
+    land_model,
+    prepare_build_file,
+    touched_sets,
 )
 from tasks.settings import StackSettings
 from tasks.trino import branch_catalog
@@ -35,66 +39,93 @@ __all__ = ["BuildEngine", "DuckDbBuild", "TrinoBuild", "record_results"]
 
 
 class BuildEngine(Protocol):
-    """Runs ``dbt <args>`` on a branch and lands the models there; returns dbt's node results."""
+    """Runs ``dbt <args>`` on the plan's branch and leaves the models there; returns dbt's
+    node results (and fills the report's step times and rows written)."""
 
-    def build(self, branch: str, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
 class DuckDbBuild:
-    """dbt-duckdb on a build file loaded from the branch; models copied back into Iceberg."""
+    """dbt-duckdb in a scratch file over the branch's Iceberg tables; partitions landed back."""
 
     branches: BranchCatalog
 
-    def build(self, branch: str, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]:
-        duckdb_path = build_dir / "cascade_build.duckdb"
-        started = time.perf_counter()
-        _load_sources(self.branches, branch, duckdb_path)
-        timed(report, "load_sources", started)
-        started = time.perf_counter()
-        results = run_dbt(args, dbt_environment(build_dir, duckdb_path), in_prefect=node_tasks)
-        timed(report, "dbt_build", started)
-        started = time.perf_counter()
-        report.exported = _export(self.branches, branch, duckdb_path)
-        timed(report, "land_in_iceberg", started)
+        with build_file_lock(build_dir) as path:
+            started = time.perf_counter()
+            _prepare(self.branches, plan.branch, path)
+            timed(report, "prepare", started)
+            started = time.perf_counter()
+            results = run_dbt(args, dbt_environment(build_dir, path), in_prefect=node_tasks)
+            timed(report, "dbt_build", started)
+            if build_status(results) != "error":  # a model failed: nothing lands
+                started = time.perf_counter()
+                report.exported = _land(self.branches, plan.branch, path, results)
+                timed(report, "land_in_iceberg", started)
         return results
 
 
 @dataclass(frozen=True)
 class TrinoBuild:
-    """dbt-trino writing the models into the branch through a Trino catalog of its own."""
+    """dbt-trino rebuilding the partitions in place, through a Trino catalog of the branch."""
 
     settings: StackSettings
+    branches: BranchCatalog
 
-    def build(self, branch: str, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        with branch_catalog(self.settings, branch) as catalog:
+        with branch_catalog(self.settings, plan.branch) as catalog:
             env = trino_dbt_environment(build_dir, self.settings, catalog)
             results = run_dbt(args, env, in_prefect=node_tasks)
-            timed(report, "dbt_build", started)
-            report.exported = model_counts(self.settings, catalog)
+        timed(report, "dbt_build", started)
+        report.exported = _rows_written(self.branches, plan.branch, results)
         return results
 
 
-def record_results(report: BuildReport, results: list[dict[str, Any]]) -> None:
-    """Each dbt node's status in the report, and a line per node that failed."""
-    report.nodes = {r["unique_id"]: r["status"] for r in results}
-    report.failures = [f"{r['unique_id']}: {r['status']} {r['message'] or ''}".strip()
-                       for r in results if r["status"] in ("error", "fail")]
+def record_results(report: BuildReport, record: BuildRecord) -> None:
+    """The build's record in the report: what it did, each node's status, what failed."""
+    report.build_seq, report.full_refresh = record.build_seq, record.full_refresh
+    report.reason, report.status = record.reason, record.status
+    report.nodes, report.failures = dict(record.nodes), list(record.failures)
+    report.changes = record.n_changes
+    report.touched_sites = sorted({s for t in record.touched.values() for s in t.sites()})
 
 
-@task(name="load-dbt-sources", task_run_name="load raw+audit of {branch} into the build",
-      cache_policy=NO_CACHE,
-      timeout_seconds=timeouts.BUILD)
-def _load_sources(branches: BranchCatalog, branch: str, duckdb_path: Path) -> dict[str, int]:
-    return load_sources(branches.catalog(branch), duckdb_path)
+@task(name="prepare-build-file", task_run_name="views of {branch} for dbt",
+      cache_policy=NO_CACHE, timeout_seconds=timeouts.BUILD)
+def _prepare(branches: BranchCatalog, branch: str, path: Path) -> dict[str, int]:
+    return prepare_build_file(branches.catalog(branch), path)
 
 
 @task(name="land-models-in-iceberg", task_run_name="land models on {branch}",
-      cache_policy=NO_CACHE,
-      timeout_seconds=timeouts.BUILD)
-def _export(branches: BranchCatalog, branch: str, duckdb_path: Path) -> dict[str, int]:
-    return export_models(duckdb_path, branches.catalog(branch))
+      cache_policy=NO_CACHE, timeout_seconds=timeouts.BUILD)
+def _land(branches: BranchCatalog, branch: str, path: Path,
+          results: list[dict[str, Any]]) -> dict[str, int]:
+    """Each built model's new partitions into Iceberg, in place of the rebuilt ones."""
+    catalog = branches.catalog(branch)
+    tables = [(r["schema"], r["name"]) for r in results
+              if r["resource_type"] == "model" and r["materialized"] == "table"]
+    models = built_models(path, tables)
+    touched = touched_sets(path, models)
+    return {m.identifier: land_model(path, catalog, m,
+                                     touched.get(m.build.touched or "", TouchedSet(None)))
+            for m in models}
+
+
+def _rows_written(branches: BranchCatalog, branch: str,
+                  results: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows each built model's last commit added (snapshot summaries; no data read)."""
+    catalog = branches.catalog(branch)
+    out = {}
+    for r in results:
+        if r["resource_type"] != "model" or r["status"] != "success":
+            continue
+        identifier = f"{r['schema']}.{r['name']}"
+        snapshot = catalog.load_table(identifier).current_snapshot()
+        summary = snapshot.summary if snapshot is not None else None
+        out[identifier] = int(summary.get("added-records", "0")) if summary else 0
+    return out

@@ -23,11 +23,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysFalse, EqualTo, IsNull, Reference
 from pyiceberg.expressions.literals import literal
 
-from tasks.lakehouse import TableLayout, read_table, replace_rows
+from tasks.lakehouse import read_table, replace_rows
+from tasks.tables import CHANGES, CHANGES_SCHEMA
 
 __all__ = [
-    "CHANGES",
-    "CHANGES_SCHEMA",
     "change_rows",
     "consumed_changes",
     "pending_changes",
@@ -35,17 +34,6 @@ __all__ = [
     "stamp_changes",
 ]
 
-CHANGES_SCHEMA: Final = pl.Schema({
-    "site_id": pl.String(),
-    "table_name": pl.String(),
-    "utc_date": pl.Date(),
-    "source": pl.String(),
-    "run_id": pl.String(),
-    "recorded_at": pl.Datetime("us", "UTC"),
-    "build_seq": pl.Int64(),
-})
-CHANGES: Final = TableLayout("audit.changed_partitions", CHANGES_SCHEMA, None, "",
-                             partition_identity=("build_seq",))
 _RECORDED: Final = [c for c in CHANGES_SCHEMA.names() if c != "build_seq"]
 _PENDING: Final = IsNull(term=Reference("build_seq"))
 

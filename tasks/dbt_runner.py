@@ -1,36 +1,30 @@
-"""Run the dbt project on a branch and land every model as an Iceberg table on it.
+"""Run the dbt project on a branch: the environment dbt needs, one invocation, node results.
 
-Embedded profile (DuckDB): the branch's raw and audit Iceberg tables are loaded into a
-per-branch DuckDB build file, ``dbt build`` runs there (one Prefect task per dbt node via
-prefect-dbt's runner), and each model's table is then written into Iceberg on the same
-branch under its schema (``staging``, ``silver``, ``marts``), so time travel, branch
-isolation and promotion cover every layer.
+Embedded profile (DuckDB): dbt-duckdb runs in a scratch file that reads the branch's
+Iceberg tables in place (``tasks.embedded_build``); stack profile: dbt-trino runs on a
+Trino catalog of the branch (``tasks.trino``). Either way a run of ``dbt build`` gives one
+result per node (model, test, unit test), reduced here to plain dicts.
+
+The scratch file, dbt's target and its logs live in one build directory per lakehouse
+home (``$CASCADE_HOME/build``): the same paths at every build, so dbt's partial parsing
+applies (a fresh machine or pod just parses in full). Nothing in it outlives its use:
+results reach ``validate`` through the lakehouse (``tasks.build_log``).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import duckdb
-import polars as pl
-import pyarrow as pa
-from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchNamespaceError
-from pyiceberg.expressions import AlwaysTrue
-
 from tasks._dbt_duckdb import release_duckdb
 from tasks.errors import CascadeError
 from tasks.faults import fault_point
-from tasks.lakehouse import replace_rows
 from tasks.settings import StackSettings
-from tasks.tables import TableLayout
 
 __all__ = [
     "DBT_PROJECT_DIR",
@@ -38,11 +32,9 @@ __all__ = [
     "DbtFailed",
     "dbt_environment",
     "dbt_log_level",
-    "export_models",
-    "load_sources",
-    "model_counts",
-    "record_build_state",
+    "project_checksum",
     "run_dbt",
+    "timed",
     "trino_dbt_environment",
 ]
 
@@ -51,8 +43,9 @@ logger = logging.getLogger("cascade.dbt")
 DBT_PROJECT_DIR: Final = Path(
     os.environ.get("DBT_PROJECT_DIR", Path(__file__).resolve().parents[1] / "dbt")
 )
-SOURCE_NAMESPACES: Final = ("raw", "audit")
-MODEL_SCHEMAS: Final = ("staging", "silver", "marts")
+# what a model's rows depend on: the project, its models and its macros (not its tests)
+_PROJECT_FILES: Final = ("dbt_project.yml", "models/**/*.sql", "models/**/*.yml",
+                         "macros/**/*.sql")
 
 
 class DbtFailed(CascadeError):
@@ -61,17 +54,34 @@ class DbtFailed(CascadeError):
 
 @dataclass
 class BuildReport:
-    """What a build did: dbt node results and the models landed in Iceberg."""
+    """What a build did: dbt node results, what it rebuilt, the rows it landed."""
 
     branch: str
+    build_seq: int = 0
+    full_refresh: bool = False
+    reason: str = ""
+    status: str = ""
     nodes: dict[str, str] = field(default_factory=dict)  # unique_id -> status
     failures: list[str] = field(default_factory=list)
-    exported: dict[str, int] = field(default_factory=dict)  # model -> rows
+    exported: dict[str, int] = field(default_factory=dict)  # model -> rows written
+    changes: int = 0  # change rows consumed
+    touched_sites: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def tests(self) -> dict[str, str]:
         return {k: v for k, v in self.nodes.items() if k.startswith(("test.", "unit_test."))}
+
+
+def project_checksum(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """A digest of everything the models' rows depend on in the dbt project: when it
+    differs from the one the branch's models were built with, every model is rebuilt."""
+    digest = hashlib.sha256()
+    files = sorted({f for pattern in _PROJECT_FILES for f in project_dir.glob(pattern)})
+    for path in files:
+        digest.update(path.relative_to(project_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def dbt_environment(build_dir: Path, duckdb_path: Path) -> dict[str, str]:
@@ -112,46 +122,6 @@ def trino_dbt_environment(build_dir: Path, settings: StackSettings,
     elif settings.trino_jwt is not None:
         env.update(DBT_TARGET="trino_jwt", CASCADE_TRINO_JWT=settings.trino_jwt.get_secret_value())
     return env
-
-
-def model_counts(settings: StackSettings, catalog: str,
-                 schemas: tuple[str, ...] = MODEL_SCHEMAS) -> dict[str, int]:
-    """Row count of every model table in a Trino catalog (the branch's built layers)."""
-    from tasks.trino import query
-
-    listed = ", ".join(f"'{s}'" for s in schemas)
-    tables = query(settings, "select table_schema, table_name from information_schema.tables "
-                             f"where table_schema in ({listed}) and table_type = 'BASE TABLE' "
-                             "order by 1, 2", catalog)
-    return {f"{schema}.{name}": int(query(settings,
-                                          f'select count(*) from "{schema}"."{name}"',
-                                          catalog)[0][0])
-            for schema, name in tables}
-
-
-def load_sources(catalog: Catalog, duckdb_path: Path) -> dict[str, int]:
-    """Fresh build file with every raw/audit table of the branch; returns row counts."""
-    if duckdb_path.exists():
-        duckdb_path.unlink()
-    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    with duckdb.connect(str(duckdb_path)) as con:
-        for namespace in SOURCE_NAMESPACES:
-            con.execute(f"create schema if not exists {namespace}")
-            for _, name in _tables(catalog, namespace):
-                arrow = catalog.load_table(f"{namespace}.{name}").scan(AlwaysTrue()).to_arrow()
-                con.register("__source", arrow)
-                con.execute(f"create table {namespace}.{name} as select * from __source")
-                con.unregister("__source")
-                counts[f"{namespace}.{name}"] = arrow.num_rows
-    return counts
-
-
-def _tables(catalog: Catalog, namespace: str) -> list[tuple[str, ...]]:
-    try:
-        return [tuple(t) for t in catalog.list_tables(namespace)]
-    except NoSuchNamespaceError:  # nothing of this kind on the branch yet
-        return []
 
 
 def run_dbt(args: list[str], env: dict[str, str], in_prefect: bool = True) -> list[dict[str, Any]]:
@@ -229,67 +199,16 @@ def _node_results(result: Any) -> list[dict[str, Any]]:
         raise DbtFailed(f"dbt could not run: {result.exception}")
     out = []
     for node in getattr(result.result, "results", []) or []:
+        config = getattr(node.node, "config", None)
         out.append({"unique_id": node.node.unique_id, "status": str(node.status),
                     "message": node.message, "failures": node.failures,
                     "schema": getattr(node.node, "schema", None),
-                    "name": node.node.name, "resource_type": str(node.node.resource_type)})
+                    "name": getattr(node.node, "alias", None) or node.node.name,
+                    "resource_type": str(node.node.resource_type),
+                    "materialized": getattr(config, "materialized", None),
+                    "grain": config.get("grain") if config is not None else None,
+                    "touched": config.get("touched") if config is not None else None})
     return out
-
-
-def export_models(duckdb_path: Path, catalog: Catalog,
-                  schemas: tuple[str, ...] = MODEL_SCHEMAS) -> dict[str, int]:
-    """Write every model table of the build file into Iceberg (same schema.name)."""
-    exported: dict[str, int] = {}
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        rows = con.execute(
-            "select table_schema, table_name from information_schema.tables "
-            "where table_schema in (select unnest(?)) and table_type = 'BASE TABLE' "
-            "order by 1, 2", [list(schemas)]
-        ).fetchall()
-        for schema, name in rows:
-            frame = con.execute(f'select * from "{schema}"."{name}"').pl()
-            _replace_model(catalog, f"{schema}.{name}", frame)
-            fault_point("build-mid-export")
-            exported[f"{schema}.{name}"] = frame.height
-    return exported
-
-
-def _replace_model(catalog: Catalog, identifier: str, frame: pl.DataFrame) -> None:
-    """Replace a model's Iceberg table; recreate it when its columns changed type."""
-    frame = frame.with_columns(pl.col(c).cast(pl.Datetime("us", "UTC"))
-                               for c, t in frame.schema.items()
-                               if isinstance(t, pl.Datetime) and t.time_zone is not None)
-    layout = TableLayout(identifier, frame.schema, None, "")
-    if catalog.table_exists(identifier):
-        existing = catalog.load_table(identifier).schema().as_arrow()
-        wanted = frame.to_arrow().schema
-        if any(_plain(existing.field(f.name).type) != _plain(f.type)
-               for f in wanted if f.name in existing.names):
-            catalog.drop_table(identifier)
-    replace_rows(catalog, layout, frame, AlwaysTrue())
-
-
-def _plain(arrow_type: pa.DataType) -> pa.DataType:
-    """Arrow type with large/small string and binary variants folded together."""
-    if pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
-        return pa.string()
-    if pa.types.is_large_binary(arrow_type):
-        return pa.binary()
-    return arrow_type
-
-
-def record_build_state(build_dir: Path, branch: str, branch_hash: str) -> None:
-    """Remember which state of the branch the build's dbt results belong to."""
-    state = {"branch": branch, "hash": branch_hash}
-    (build_dir / "build_state.json").write_text(json.dumps(state))
-
-
-def fresh_build_dir(home: Path, branch: str) -> Path:
-    """An empty per-branch build directory under ``$CASCADE_HOME/build``."""
-    path = home / "build" / branch
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 def timed(report: BuildReport, step: str, started: float) -> None:

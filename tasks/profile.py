@@ -150,7 +150,8 @@ def embedded_profile(settings: LakehouseSettings | None = None) -> Profile:
 def stack_profile() -> Profile:
     """The stack profile, from blocks or the environment (``stack.env``)."""
     lakehouse = stack_lakehouse()
-    return Profile("stack", lakehouse, TrinoBuild(lakehouse.settings), _postgres_marts)
+    return Profile("stack", lakehouse, TrinoBuild(lakehouse.settings, lakehouse.branches),
+                   _postgres_marts)
 
 
 _BUILDERS: dict[str, Callable[[], Profile]] = {

@@ -17,12 +17,16 @@ import polars as pl
 
 __all__ = [
     "AUDIT_TABLES",
+    "BUILD_LOG",
+    "CHANGES",
+    "CHANGES_SCHEMA",
     "DUPLICATES_SCHEMA",
     "INGEST_LOG_SCHEMA",
     "INGEST_LOG_TABLE",
     "RAW_NAMESPACE",
     "RAW_TABLES",
     "REJECTS_SCHEMA",
+    "SITE_PARAMETERS",
     "RawTable",
     "TableLayout",
     "raw_layout",
@@ -235,3 +239,52 @@ AUDIT_TABLES: Final[dict[str, TableLayout]] = {
 }
 
 INGEST_LOG_TABLE: Final = AUDIT_TABLES["ingest_log"].identifier
+
+
+# --------------------------------------------------------------- incremental build
+
+CHANGES_SCHEMA: Final = pl.Schema({
+    "site_id": pl.String(),
+    "table_name": pl.String(),
+    "utc_date": pl.Date(),  # null: every day of the site
+    "source": pl.String(),
+    "run_id": pl.String(),
+    "recorded_at": _UTC,
+    "build_seq": pl.Int64(),  # null while pending; the build that consumed the row
+})
+# what runs changed on the branch (tasks.changes): the incremental build's input
+CHANGES: Final = TableLayout("audit.changed_partitions", CHANGES_SCHEMA, None, "",
+                             partition_identity=("build_seq",))
+
+# one row per build on the branch (tasks.build_log), read by validate and publish
+BUILD_LOG: Final = TableLayout("audit.build_log", pl.Schema({
+    "build_seq": pl.Int64(),
+    "build_id": pl.String(),
+    "branch": pl.String(),
+    "built_at": _UTC,
+    "full_refresh": pl.Boolean(),
+    "reason": pl.String(),
+    "project_checksum": pl.String(),
+    "models_checksum": pl.String(),  # the project the branch's model tables were built with
+    "status": pl.String(),
+    "n_models": pl.Int64(),
+    "n_tests": pl.Int64(),
+    "n_failed": pl.Int64(),
+    "n_changes": pl.Int64(),
+    "failures": pl.String(),  # JSON list of lines
+    "nodes": pl.String(),  # JSON {unique_id: status}
+    "models": pl.String(),  # JSON {schema.name: [grain, touched set, whole]}
+    "touched": pl.String(),  # JSON {set: null (everything) | [[site, whole, first, last]]}
+    "tables": pl.String(),  # JSON {namespace.table: metadata location}
+    "seconds": pl.String(),  # JSON {step: seconds}
+}), None, "")
+
+# the site-level values of the last successful build (dbt's int_site_parameters), which the
+# next build compares its own with (dbt/models/build)
+SITE_PARAMETERS: Final = TableLayout("build.site_parameters", pl.Schema({
+    "site_id": pl.String(),
+    "timezone_name": pl.String(),
+    "sensor_interval_min": pl.Int32(),
+    "first_date": pl.Date(),
+    "last_date": pl.Date(),
+}), None, "")
