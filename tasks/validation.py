@@ -1,33 +1,52 @@
 """Audit checks on a branch before it may be promoted.
 
-Three kinds of check, each a ``Check`` with the figure it measured:
+Every check is a ``Check`` with the figure it measured, and every input comes from the
+branch itself (so ``validate`` runs in any process, with an empty ``CASCADE_HOME``):
 
-* dbt's own tests (from the build's ``run_results.json``);
-* pandera contracts on the built marts, read back from Iceberg on the branch;
-* reconciliation of raw row counts against what ingestion reported (``audit.ingest_log``).
+* the latest build's record (``audit.build_log``): every model built, every test passed,
+  and no table of the branch moved since the build;
+* pandera contracts on the marts' partitions that build rebuilt, read back from Iceberg;
+* reconciliation, for each (site, raw table, UTC day) the build consumed a change row of,
+  of the raw rows against what ingestion reported committing (``audit.ingest_log``);
+* whole-table invariants between the models, from snapshot summaries (no data read).
 """
-
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from datetime import date, timedelta
 from itertools import pairwise
-from pathlib import Path
 from typing import Any, Final
 
 import pandera.polars as pa
 import polars as pl
+import pyarrow
 from pandera.errors import SchemaErrors
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import (
+    AlwaysFalse,
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    EqualTo,
+    GreaterThanOrEqual,
+    In,
+    LessThan,
+    Or,
+    Reference,
+)
+from pyiceberg.expressions.literals import literal
 
+from tasks.build_log import BuildRecord, TouchedSet, latest_build, table_locations
+from tasks.changes import consumed_changes
 from tasks.lakehouse import read_table
-from tasks.tables import INGEST_LOG_TABLE, RAW_TABLES
+from tasks.tables import CHANGES_SCHEMA, INGEST_LOG_TABLE, RAW_TABLES
 
 __all__ = [
     "MART_CONTRACTS",
     "Check",
-    "check_dbt_results",
+    "check_build",
+    "check_invariants",
     "check_marts",
     "reconcile_raw",
     "render_markdown",
@@ -169,75 +188,185 @@ MART_CONTRACTS: Final[dict[str, type[pa.DataFrameModel]]] = {
 }
 
 
-def check_dbt_results(build_dir: Path, branch_hash: str) -> list[Check]:
-    """The build is of the branch as it is now, every model built and every test passed."""
-    run_results = build_dir / "target" / "run_results.json"
-    state_file = build_dir / "build_state.json"
-    if not run_results.exists() or not state_file.exists():
+def check_build(catalog: Catalog) -> tuple[list[Check], BuildRecord | None]:
+    """The latest build of the branch: it built every model, passed every test, and no
+    table moved since (so its results are the branch's)."""
+    record = latest_build(catalog)
+    if record is None:
         return [Check("dbt build results", False, "missing",
-                      f"no build results in {build_dir}: run build_branch on this branch")]
-    built = json.loads(state_file.read_text()).get("hash")
-    if built != branch_hash:
-        return [Check("dbt build is current", False, f"built {built}, branch now {branch_hash}",
-                      "the branch changed since its last build: run build_branch again")]
-    results = json.loads(run_results.read_text())["results"]
-    bad = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
-    tests = [r for r in results if r["unique_id"].startswith(("test.", "unit_test."))]
-    models = [r for r in results if r["unique_id"].startswith("model.")]
-    figure = f"{len(models)} models, {len(tests)} tests, {len(bad)} failed"
-    detail = "; ".join(f"{r['unique_id']}: {r.get('message') or r['status']}" for r in bad[:20])
-    return [Check("dbt build and tests", not bad, figure, detail)]
+                      "no build on this branch: run build_branch on it")], None
+    figure = (f"build {record.build_seq} ({'everything' if record.full_refresh else 'incremental'}"
+              f"): {record.n_models} models, {record.n_tests} tests, {record.n_failed} failed")
+    checks = [Check("dbt build and tests", record.status == "success", figure,
+                    "; ".join(record.failures[:20]))]
+    now = table_locations(catalog)
+    moved = sorted(t for t in set(now) | set(record.tables) if now.get(t) != record.tables.get(t))
+    checks.append(Check(
+        "dbt build is current", not moved,
+        f"build {record.build_seq}: {len(record.tables)} tables, {len(moved)} moved since",
+        f"changed since the build: {', '.join(moved[:10])}; run build_branch again"
+        if moved else ""))
+    return checks, record
 
 
-def check_marts(catalog: Catalog) -> list[Check]:
-    """Validate each gold mart on the branch against its pandera contract."""
+def check_marts(catalog: Catalog, record: BuildRecord | None = None) -> list[Check]:
+    """Validate each gold mart's rebuilt partitions (all of it without a record) on the
+    branch against its pandera contract."""
     out = []
     for identifier, contract in MART_CONTRACTS.items():
+        rebuilt = record.rebuilt(identifier) if record is not None else TouchedSet(None)
+        built = record.models.get(identifier) if record is not None else None
+        where = rebuilt.iceberg_filter(built.grain) if built is not None else AlwaysTrue()
         try:
-            frame = read_table(catalog, identifier)
+            frame = read_table(catalog, identifier, where)
         except NoSuchTableError as exc:  # a missing mart is a failed check, not a crash
             out.append(Check(f"contract {identifier}", False, "missing", str(exc)[:200]))
             continue
+        scope = "all rows" if rebuilt.everything else f"{len(rebuilt.sites())} sites rebuilt"
         try:
             contract.validate(frame, lazy=True)
-            out.append(Check(f"contract {identifier}", True, f"{frame.height} rows"))
+            out.append(Check(f"contract {identifier}", True, f"{frame.height} rows ({scope})"))
         except SchemaErrors as errors:
             cases = errors.failure_cases
             detail = "; ".join(sorted({f"{c['column']}: {c['check']}" for c in
                                        cases.head(50).iter_rows(named=True)}))
             out.append(Check(f"contract {identifier}", False,
-                             f"{cases.height} failures in {frame.height} rows", detail))
+                             f"{cases.height} failures in {frame.height} rows ({scope})",
+                             detail))
     return out
 
 
-def reconcile_raw(catalog: Catalog) -> list[Check]:
-    """Raw rows per site, table and UTC day equal what ingestion reported committing."""
-    try:
-        log = read_table(catalog, INGEST_LOG_TABLE)
-    except NoSuchTableError:
+def reconcile_raw(catalog: Catalog, record: BuildRecord | None) -> list[Check]:
+    """Raw rows per site, table and UTC day equal what ingestion reported committing, for
+    every day the build consumed a change of (whatever recorded the change)."""
+    if not catalog.table_exists(INGEST_LOG_TABLE):
         return [Check("reconciliation", False, "no ingest log",
                       "audit.ingest_log missing: was anything ingested on this branch?")]
+    changes = (consumed_changes(catalog, record.build_seq) if record is not None
+               else pl.DataFrame(schema=CHANGES_SCHEMA))
     out = []
     for name, table in RAW_TABLES.items():
         if name == "profile":
             continue
-        reported = log.filter(pl.col("table_name") == name).select(
-            "site_id", pl.col("window_date").alias("day"), "n_committed")
-        try:
-            raw = read_table(catalog, table.identifier)
-        except NoSuchTableError:
-            raw = pl.DataFrame(schema={"site_id": pl.String, table.time_column: pl.Datetime("us", "UTC")})
-        actual = raw.group_by("site_id", pl.col(table.time_column).dt.date().alias("day")).agg(
-            pl.len().cast(pl.Int64).alias("n_raw"))
-        joined = reported.join(actual, on=["site_id", "day"], how="full", coalesce=True)
-        joined = joined.with_columns(pl.col("n_committed", "n_raw").fill_null(0))
-        bad = joined.filter(pl.col("n_committed") != pl.col("n_raw"))
-        figure = (f"{raw.height} rows in raw.{name}, {int(reported['n_committed'].sum())} "
-                  f"reported over {reported.height} days")
-        detail = "; ".join(f"{r['site_id']} {r['day']}: raw {r['n_raw']} vs reported "
-                           f"{r['n_committed']}" for r in bad.head(10).iter_rows(named=True))
-        out.append(Check(f"reconcile raw.{name}", bad.height == 0, figure, detail))
+        days = changes.filter(pl.col("table_name") == name).select("site_id", "utc_date")
+        out.append(_reconcile_table(catalog, name, table.identifier, table.time_column,
+                                    days.unique()))
     return out
+
+
+def _reconcile_table(catalog: Catalog, name: str, identifier: str, time_column: str,
+                     days: pl.DataFrame) -> Check:
+    whole = set(days.filter(pl.col("utc_date").is_null()).get_column("site_id"))
+    named = days.filter(pl.col("utc_date").is_not_null() & ~pl.col("site_id").is_in(whole))
+    log_where = _days_filter(named, whole, "window_date", dates=True)
+    reported = read_table(catalog, INGEST_LOG_TABLE, And(
+        EqualTo(term=Reference("table_name"), value=literal(name)), log_where)).select(
+        "site_id", pl.col("window_date").alias("day"), "n_committed")
+    actual = _raw_counts(catalog, identifier, time_column, _days_filter(named, whole,
+                                                                        time_column))
+    joined = reported.join(actual, on=["site_id", "day"], how="full", coalesce=True)
+    joined = joined.with_columns(pl.col("n_committed", "n_raw").fill_null(0))
+    bad = joined.filter(pl.col("n_committed") != pl.col("n_raw"))
+    figure = (f"{int(joined['n_raw'].sum())} rows in raw.{name} over {days.height} changed "
+              f"days, {int(reported['n_committed'].sum())} reported")
+    detail = "; ".join(f"{r['site_id']} {r['day']}: raw {r['n_raw']} vs reported "
+                       f"{r['n_committed']}" for r in bad.head(10).iter_rows(named=True))
+    return Check(f"reconcile raw.{name}", bad.height == 0, figure, detail)
+
+
+def _days_filter(days: pl.DataFrame, whole: set[str], column: str,
+                 dates: bool = False) -> BooleanExpression:
+    """Rows of the (site, UTC day) pairs in ``days`` and of the sites in ``whole``:
+    ``column`` a date (``dates``) or a UTC timestamp."""
+    where: BooleanExpression = AlwaysFalse()
+    if whole:
+        where = In(term=Reference("site_id"), values={literal(s) for s in whole})
+    for (site,), group in days.group_by("site_id"):
+        site_days = sorted(group.get_column("utc_date").to_list())
+        one: BooleanExpression = AlwaysFalse()
+        for lo, hi in _runs(site_days):
+            start = lo.isoformat() if dates else f"{lo.isoformat()}T00:00:00+00:00"
+            end_day = hi + timedelta(days=1)
+            end = end_day.isoformat() if dates else f"{end_day.isoformat()}T00:00:00+00:00"
+            one = Or(one, And(GreaterThanOrEqual(term=Reference(column), value=literal(start)),
+                              LessThan(term=Reference(column), value=literal(end))))
+        where = Or(where, And(EqualTo(term=Reference("site_id"), value=literal(str(site))),
+                              one))
+    return where
+
+
+def _runs(days: list[date]) -> list[tuple[date, date]]:
+    """Consecutive days as (first, last) runs."""
+    out: list[tuple[date, date]] = []
+    for day in days:
+        if out and day == out[-1][1] + timedelta(days=1):
+            out[-1] = (out[-1][0], day)
+        else:
+            out.append((day, day))
+    return out
+
+
+def _raw_counts(catalog: Catalog, identifier: str, time_column: str,
+                where: BooleanExpression) -> pl.DataFrame:
+    """Rows per site and UTC day of the raw table's rows matching ``where``, streamed in
+    batches (memory follows a batch, not the rows reconciled)."""
+    empty = pl.DataFrame(schema={"site_id": pl.String(), "day": pl.Date(), "n_raw": pl.Int64()})
+    if not catalog.table_exists(identifier):
+        return empty
+    scan = catalog.load_table(identifier).scan(row_filter=where,
+                                               selected_fields=("site_id", time_column))
+    parts = [empty]
+    for batch in scan.to_arrow_batch_reader():
+        frame = pl.from_arrow(pyarrow.Table.from_batches([batch]))
+        parts.append(frame.group_by("site_id", pl.col(time_column).dt.date().alias("day"))  # type: ignore[union-attr]
+                     .agg(pl.len().cast(pl.Int64).alias("n_raw")))
+    return pl.concat(parts).group_by("site_id", "day").agg(pl.col("n_raw").sum())
+
+
+# (model, relation, model) — left's live rows must relate to right's as named
+_INVARIANTS: Final = (
+    ("marts.mrt_quality_coverage", "==", "silver.dim_date",
+     "one quality row per day of a site's span"),
+    ("silver.int_expected_readings_computed", "==", "silver.dim_date",
+     "one expected count per day of a site's span"),
+    ("marts.mrt_daily_glycaemia", "<=", "marts.mrt_quality_coverage",
+     "a glycaemia row only for a day of the span"),
+    ("silver.int_cgm_gaps_measured", "<=", "silver.fct_cgm_reading",
+     "a gap per reading with glucose"),
+    ("silver.fct_cgm_reading", "<=", "staging.stg_entries", "readings are entries"),
+)
+
+
+def check_invariants(catalog: Catalog) -> list[Check]:
+    """Row counts between models that must hold on the whole tables, from the snapshot
+    summaries (no data file is read)."""
+    counts = {name: _live_rows(catalog, name)
+              for name in {t for left, _, right, _ in _INVARIANTS for t in (left, right)}}
+    out = []
+    for left, relation, right, meaning in _INVARIANTS:
+        a, b = counts[left], counts[right]
+        if a is None or b is None:
+            out.append(Check(f"invariant {left} {relation} {right}", False, "not measurable",
+                             f"{left if a is None else right} missing, or has equality "
+                             "deletes: its live rows are not in its snapshot summary"))
+            continue
+        held = a == b if relation == "==" else a <= b
+        out.append(Check(f"invariant {left} {relation} {right}", held, f"{a} vs {b}",
+                         "" if held else meaning))
+    return out
+
+
+def _live_rows(catalog: Catalog, identifier: str) -> int | None:
+    if not catalog.table_exists(identifier):
+        return None
+    snapshot = catalog.load_table(identifier).current_snapshot()
+    if snapshot is None or snapshot.summary is None:
+        return 0
+    summary = snapshot.summary
+    if int(summary.get("total-equality-deletes", "0")):
+        return None
+    return int(summary.get("total-records", "0")) - int(
+        summary.get("total-position-deletes", "0"))
 
 
 def render_markdown(branch: str, checks: list[Check]) -> str:
