@@ -3,12 +3,19 @@
 The marts database is a SQLite file (``$CASCADE_HOME/marts.db``) on the embedded profile and
 Postgres on the stack, reached through prefect-sqlalchemy's (sync-only) ``SqlAlchemyConnector``.
 
+A publish writes only what changed since the build the database last received, when it can
+tell (``plan_publish``): the rows of the rebuilt (site, day) partitions of a per-day mart
+(deleted, then inserted) and the rebuilt sites of a per-site mart; a mart is replaced whole
+on a first publish, after a publish of another ref, a rollback, a full rebuild, or when its
+columns changed.
+
 Readers never see half a mart, nor a mix of old and new marts: one transaction, per publish,
-creates ``<mart>__new``, bulk-inserts the rows, drops ``<mart>``, renames ``<mart>__new`` to
-``<mart>`` for every mart, and appends one row per mart to ``cascade_publish_log`` (mart, ref,
-ref_hash, run_id, n_rows, published_at) so a BI user can see which lakehouse ref a mart came
-from. DDL is transactional in SQLite and PostgreSQL, so the swap is all-or-nothing there; on
-dialects that commit DDL implicitly (MySQL, Oracle) the same code runs but is not atomic.
+updates every mart (a whole mart: creates ``<mart>__new``, bulk-inserts the rows, drops
+``<mart>``, renames ``<mart>__new`` to ``<mart>``) and appends one row per mart to
+``cascade_publish_log`` (mart, ref, ref_hash, run_id, n_rows, published_at, and the build
+and mode) so a BI user can see which lakehouse ref a mart came from. DDL is transactional
+in SQLite and PostgreSQL, so the swap is all-or-nothing there; on dialects that commit DDL
+implicitly (MySQL, Oracle) the same code runs but is not atomic.
 
 On SQLite the writer switches the file to WAL (readers keep reading the old marts while a
 publish runs) and takes the write lock up front with ``BEGIN IMMEDIATE``.
@@ -30,32 +37,42 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Date,
     DateTime,
     Double,
     Engine,
+    Index,
     MetaData,
     Numeric,
     Table,
     Text,
     Time,
+    and_,
+    inspect,
+    or_,
     select,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
+from tasks.build_log import Grain, TouchedRange, TouchedSet
 from tasks.errors import PublishError
 from tasks.faults import fault_point
 from tasks.mart_docs import comment_mart
 
 __all__ = [
     "PUBLISH_LOG",
+    "MartRows",
     "PublishReport",
+    "PublishedState",
     "mask_url",
     "publish_marts",
     "publish_marts_task",
+    "published_columns",
+    "published_state",
     "read_mart",
     "validate_name",
 ]
@@ -66,6 +83,7 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 # Postgres truncates identifiers at 63 bytes; the staging name must fit too.
 _MAX_NAME: Final = 63 - len(_STAGING_SUFFIX)
 _BATCH_ROWS: Final = 10_000
+_RANGES_PER_DELETE: Final = 200  # SQLite caps an expression's depth at 1,000
 _INTEGERS: Final = (
     pl.Int8,
     pl.Int16,
@@ -79,6 +97,31 @@ _INTEGERS: Final = (
 
 
 @dataclass(frozen=True)
+class MartRows:
+    """Rows to publish for one mart: the whole mart (``scope`` everything), or the rows of
+    the partitions ``scope`` names (per site and local day, or per site, by ``grain``),
+    which replace those partitions' rows in the database."""
+
+    rows: pl.DataFrame
+    scope: TouchedSet = field(default_factory=lambda: TouchedSet(None))
+    grain: Grain = "table"
+
+    @property
+    def whole(self) -> bool:
+        return self.scope.everything or self.grain == "table"
+
+
+@dataclass(frozen=True)
+class PublishedState:
+    """What the marts database last received: from which ref and build."""
+
+    ref: str
+    ref_hash: str
+    build_seq: int | None
+    build_id: str | None
+
+
+@dataclass(frozen=True)
 class PublishReport:
     """What one publish wrote, where, from which ref, and how long it took."""
 
@@ -88,6 +131,8 @@ class PublishReport:
     ref_hash: str
     run_id: str
     seconds: float = field(default=0.0)
+    modes: dict[str, str] = field(default_factory=dict)  # mart -> "whole" | "partitions"
+    build_seq: int | None = None
 
 
 # ----------------------------------------------------------------------------- names
@@ -164,6 +209,10 @@ def _prepare(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(casts) if casts else frame
 
 
+# columns the publish log gained after its first version: added to older databases
+_LOG_ADDED: Final = (("build_seq", BigInteger()), ("build_id", Text()), ("mode", Text()))
+
+
 def _publish_log_table(metadata: MetaData) -> Table:
     return Table(
         PUBLISH_LOG,
@@ -174,7 +223,20 @@ def _publish_log_table(metadata: MetaData) -> Table:
         Column("run_id", Text(), nullable=False),
         Column("n_rows", BigInteger(), nullable=False),
         Column("published_at", DateTime(timezone=True), nullable=False),
+        *(Column(name, sql_type, nullable=True) for name, sql_type in _LOG_ADDED),
     )
+
+
+def _ensure_publish_log(conn: Connection, log: Table) -> None:
+    """Create the publish log, or add the columns an older one lacks."""
+    log.create(conn, checkfirst=True)
+    have = {c["name"] for c in inspect(conn).get_columns(PUBLISH_LOG)}
+    preparer = conn.dialect.identifier_preparer
+    for name, sql_type in _LOG_ADDED:
+        if name not in have:
+            conn.exec_driver_sql(
+                f"alter table {preparer.quote(PUBLISH_LOG)} add column {preparer.quote(name)} "
+                f"{sql_type.compile(dialect=conn.dialect)}")
 
 
 # ---------------------------------------------------------------------------- writes
@@ -213,7 +275,8 @@ def _insert_rows(conn: Connection, table: Table, frame: pl.DataFrame) -> None:
 
 
 def _swap_mart(conn: Connection, name: str, frame: pl.DataFrame) -> None:
-    """Load ``frame`` into ``<name>__new``, then replace ``<name>`` with it."""
+    """Load ``frame`` into ``<name>__new``, then replace ``<name>`` with it; a mart keyed
+    by site (and local day) gets an index on that key, which partition updates use."""
     metadata = MetaData()
     staging = Table(name + _STAGING_SUFFIX, metadata, *_columns(name, frame))
     staging.drop(conn, checkfirst=True)
@@ -224,6 +287,72 @@ def _swap_mart(conn: Connection, name: str, frame: pl.DataFrame) -> None:
     conn.exec_driver_sql(
         f"alter table {preparer.quote(staging.name)} rename to {preparer.quote(name)}"
     )
+    key = [c for c in ("site_id", "local_date") if c in frame.columns]
+    if "site_id" in key:
+        table = Table(name, MetaData(), *_columns(name, frame))
+        Index(f"ix_{name}_key"[:63], *(table.c[c] for c in key)).create(conn)
+
+
+def _replace_partitions(conn: Connection, name: str, mart: MartRows) -> None:
+    """Delete the mart's rows of ``mart.scope``, then insert ``mart.rows``."""
+    table = Table(name, MetaData(), *_columns(name, mart.rows))
+    ranges = list(mart.scope.ranges or ())
+    for i in range(0, len(ranges), _RANGES_PER_DELETE):
+        conn.execute(table.delete().where(
+            _scope_clause(table, ranges[i:i + _RANGES_PER_DELETE], mart.grain)))
+    _insert_rows(conn, table, _prepare(mart.rows))
+
+
+def _scope_clause(table: Table, ranges: list[TouchedRange], grain: Grain
+                  ) -> ColumnElement[bool]:
+    """Rows of ``ranges`` (site_day: by site and local day; site: by site) — the rows the
+    build's partitions hold (tasks.build_log.TouchedSet.iceberg_filter)."""
+    sites = sorted({r.site_id for r in ranges})
+    if grain == "site":
+        return table.c.site_id.in_(sites)
+    day = table.c.local_date
+    terms: list[ColumnElement[bool]] = [and_(table.c.site_id.in_(sites), day.is_(None))]
+    for r in ranges:
+        if r.whole_site or r.first_date is None or r.last_date is None:
+            terms.append(table.c.site_id == r.site_id)
+        else:
+            terms.append(and_(table.c.site_id == r.site_id, day >= r.first_date,
+                              day <= r.last_date))
+    return or_(*terms)
+
+
+def published_state(connector: SqlAlchemyConnector) -> PublishedState | None:
+    """What the database last received (its latest publish), None when unknown (never
+    published, or published before builds were numbered)."""
+    engine = _engine(connector, None, reading=True)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(PUBLISH_LOG):
+                return None
+            log = Table(PUBLISH_LOG, MetaData(), autoload_with=conn)
+            if "build_seq" not in log.c:
+                return None
+            row = conn.execute(select(log.c.ref, log.c.ref_hash, log.c.build_seq,
+                                      log.c.build_id)
+                               .order_by(log.c.published_at.desc()).limit(1)).first()
+    except SQLAlchemyError as exc:
+        raise _publish_error(exc, None, engine.url, reading=True) from None
+    if row is None:
+        return None
+    return PublishedState(row[0], row[1], row[2], row[3])
+
+
+def published_columns(connector: SqlAlchemyConnector) -> dict[str, list[str]]:
+    """The columns of every mart table in the database (to tell a mart whose shape
+    changed, which is then replaced whole)."""
+    engine = _engine(connector, None, reading=True)
+    try:
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            return {name: [c["name"] for c in inspector.get_columns(name)]
+                    for name in inspector.get_table_names() if name != PUBLISH_LOG}
+    except SQLAlchemyError as exc:
+        raise _publish_error(exc, None, engine.url, reading=True) from None
 
 
 def _hint(exc: Exception) -> str:
@@ -282,57 +411,71 @@ def _engine(connector: SqlAlchemyConnector, mart: str | None, *, reading: bool =
 
 def publish_marts(
     connector: SqlAlchemyConnector,
-    marts: Mapping[str, pl.DataFrame],
+    marts: Mapping[str, pl.DataFrame | MartRows],
     *,
     ref: str,
     ref_hash: str,
     run_id: str,
+    build_seq: int | None = None,
+    build_id: str | None = None,
 ) -> PublishReport:
-    """Replace every mart in the marts database in one transaction, and log where it came from.
+    """Update every mart in the marts database in one transaction, and log where it came from.
 
     Args:
         connector: the marts database.
-        marts: mart name → rows; names and column names must match ``^[a-z_][a-z0-9_]*$``.
+        marts: mart name → its rows (the whole mart) or ``MartRows`` (the rows of some of its
+            partitions, which replace theirs); names and column names must match
+            ``^[a-z_][a-z0-9_]*$``.
         ref: lakehouse ref (branch or tag) the marts were read from.
         ref_hash: commit hash of that ref.
         run_id: the flow run that published them.
+        build_seq, build_id: the latest build on ``ref`` (what the database now holds), so
+            the next publish can write only what later builds changed.
 
     Returns:
-        Row counts per mart, the masked database URL, the ref and the elapsed seconds.
+        Rows written per mart, how (whole or by partition), the masked database URL, the
+        ref and the elapsed seconds.
 
     Raises:
         PublishError: a name or dtype is not publishable, or the database refused; nothing
             was changed.
     """
     started = time.perf_counter()
-    for name, frame in marts.items():
+    updates = {name: m if isinstance(m, MartRows) else MartRows(m) for name, m in marts.items()}
+    for name, mart in updates.items():
         validate_name(name, "mart")
-        _columns(name, frame)
+        _columns(name, mart.rows)
     engine = _engine(connector, None)
     log = _publish_log_table(MetaData())
     current: str | None = None
     try:
         with _transaction(engine) as conn:
-            log.create(conn, checkfirst=True)
+            _ensure_publish_log(conn, log)
             published_at = datetime.now(UTC)
-            for current, frame in marts.items():
-                _swap_mart(conn, current, frame)
-                comment_mart(conn, current, frame.columns)  # the dbt docs, where supported
-                conn.execute(
-                    log.insert(), [_log_row(current, frame, ref, ref_hash, run_id, published_at)]
-                )
+            for current, mart in updates.items():
+                if mart.whole:
+                    _swap_mart(conn, current, mart.rows)
+                    comment_mart(conn, current, mart.rows.columns)  # dbt docs, where supported
+                else:  # a table keeps its comments: only whole marts need them again
+                    _replace_partitions(conn, current, mart)
+                row = _log_row(current, mart.rows, ref, ref_hash, run_id, published_at)
+                conn.execute(log.insert(), [{**row, "build_seq": build_seq,
+                                             "build_id": build_id,
+                                             "mode": "whole" if mart.whole else "partitions"}])
                 fault_point("publish-mid-transaction")
             current = None
     except SQLAlchemyError as exc:
         error = _publish_error(exc, current, engine.url)
         raise error from (exc.orig if isinstance(exc, DBAPIError) else None)
     return PublishReport(
-        marts={name: frame.height for name, frame in marts.items()},
+        marts={name: mart.rows.height for name, mart in updates.items()},
         database=mask_url(engine.url),
         ref=ref,
         ref_hash=ref_hash,
         run_id=run_id,
         seconds=round(time.perf_counter() - started, 3),
+        modes={name: "whole" if mart.whole else "partitions" for name, mart in updates.items()},
+        build_seq=build_seq,
     )
 
 
@@ -414,16 +557,20 @@ from tasks import timeouts
 @task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
       timeout_seconds=timeouts.PUBLISH)
 def publish_marts_task(
-    marts: dict[str, pl.DataFrame],
+    marts: Mapping[str, pl.DataFrame | MartRows],
     ref: str,
     ref_hash: str,
     run_id: str,
     connector: SqlAlchemyConnector,
+    build_seq: int | None = None,
+    build_id: str | None = None,
 ) -> PublishReport:
     """Publish the marts to the marts database ``connector`` (closed afterwards)."""
     with connector:
-        report = publish_marts(connector, marts, ref=ref, ref_hash=ref_hash, run_id=run_id)
-    counts = ", ".join(f"{name} {n}" for name, n in report.marts.items()) or "no marts"
+        report = publish_marts(connector, marts, ref=ref, ref_hash=ref_hash, run_id=run_id,
+                               build_seq=build_seq, build_id=build_id)
+    counts = ", ".join(f"{name} {n} ({report.modes[name]})"
+                       for name, n in report.marts.items()) or "no marts"
     get_run_logger().info(
         "published %s from %s@%s to %s in %.1f s",
         counts,

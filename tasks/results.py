@@ -82,9 +82,11 @@ class PublishResult:
 
     ref: str
     hash: str
-    rows: dict[str, int]
+    rows: dict[str, int]  # rows written per mart
     database: str
     reports: list[PublishedReport] = field(default_factory=list)
+    modes: dict[str, str] = field(default_factory=dict)  # mart -> "whole" | "partitions"
+    build_seq: int | None = None  # the ref's latest build, which the database now holds
 
 
 @dataclass(frozen=True)
