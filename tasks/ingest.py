@@ -134,10 +134,13 @@ def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _P
                                   ctx.window_end + margin)
     shaped = shape(table.name, fetched.frame, ctx)
     checked = check(table.name, shaped.rows, ctx)
-    rejects = pl.concat([_outside_margin(shaped.rejects, ctx, margin), checked.rejects,
-                         unreadable_rejects(fetched.set_aside, table.name, ctx)])
-    log = _daily_log(table, checked.valid, shaped.duplicates, rejects, ctx)
-    return _Prepared(table, checked.valid, shaped.duplicates, rejects, log)
+    rejects = _on_their_day(pl.concat([_outside_margin(shaped.rejects, ctx, margin),
+                                       checked.rejects,
+                                       unreadable_rejects(fetched.set_aside, table.name, ctx)]),
+                            ctx)
+    duplicates = _on_their_day(shaped.duplicates, ctx)
+    log = _daily_log(table, checked.valid, duplicates, rejects, ctx)
+    return _Prepared(table, checked.valid, duplicates, rejects, log)
 
 
 # Treatments and device status are filtered on ``created_at`` as *text*; an uploader's
@@ -173,12 +176,24 @@ def _days(ctx: ShapeContext) -> pl.DataFrame:
     return pl.DataFrame({"window_date": pl.date_range(first, last, "1d", eager=True)})
 
 
-def _per_day(frame: pl.DataFrame, time_column: str, ctx: ShapeContext, name: str) -> pl.DataFrame:
+def _window_day(time_column: str, ctx: ShapeContext) -> pl.Expr:
+    """The UTC day of the window a row is counted on: its own, kept inside the window
+    (rows without a time on the window's first day)."""
     day = pl.col(time_column).dt.date().fill_null(ctx.window_start.date())
+    return day.clip(ctx.window_start.date(), _last_day(ctx))
+
+
+def _on_their_day(set_aside: pl.DataFrame, ctx: ShapeContext) -> pl.DataFrame:
+    """Rejects and duplicates dated by their own UTC day (as the ingest log counts them),
+    so re-ingesting a day replaces its audit rows whatever windows wrote them."""
+    return set_aside.with_columns(_window_day("event_at", ctx).alias("window_date"))
+
+
+def _per_day(frame: pl.DataFrame, time_column: str, ctx: ShapeContext, name: str) -> pl.DataFrame:
     if frame.height == 0:
         return pl.DataFrame(schema={"window_date": pl.Date(), name: pl.UInt32()})
-    in_window = day.clip(ctx.window_start.date(), _last_day(ctx))
-    return frame.group_by(in_window.alias("window_date")).agg(pl.len().alias(name))
+    return frame.group_by(_window_day(time_column, ctx).alias("window_date")).agg(
+        pl.len().alias(name))
 
 
 def _daily_log(table: RawTable, valid: pl.DataFrame, dupes: pl.DataFrame,

@@ -96,6 +96,25 @@ def test_ingest_log_has_one_row_per_table_and_day(branches: EmbeddedBranchCatalo
     assert (log.height, row["n_fetched"], row["n_rejected"], row["n_committed"]) == (1, 11, 1, 10)
 
 
+def test_audit_rows_of_a_day_are_replaced_whatever_window_wrote_them(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    # a 2-day window, then its second day again alone (a nightly run re-reading yesterday):
+    # the day's rejects are replaced, not kept twice under the first window's start
+    catalog = branches.catalog("main")
+    two_days = ShapeContext("a", "UTC", START, datetime(2024, 3, 3, tzinfo=UTC), "run-x",
+                            datetime(2024, 3, 4, tzinfo=UTC))
+    second = [{"_id": "bad-2", "type": "sgv", "sgv": 5000, "date": T0 + 86_400_000 + 60_000,
+               "device": "g6"}]
+    ingest_window(_client(_entries(100, 1) + second), catalog, two_days, max_reject_ratio=1.0)
+    again = ShapeContext("a", "UTC", END, datetime(2024, 3, 3, tzinfo=UTC), "run-y",
+                         datetime(2024, 3, 4, tzinfo=UTC))
+    ingest_window(_client(second), catalog, again, max_reject_ratio=1.0)
+    rejects = read_table(catalog, "audit.rejects").sort("record_id")
+    assert rejects.select("record_id", "window_date", "ingest_run_id").rows() == [
+        ("b0", START.date(), "run-x"), ("bad-2", END.date(), "run-y")]
+
+
 def test_schema_evolves_additively(branches: EmbeddedBranchCatalog) -> None:
     catalog = branches.catalog("main")
     v1 = TableLayout("raw.t", pl.Schema({"site_id": pl.String(), "a": pl.Int64()}), None, "")
