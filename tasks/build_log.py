@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
 import polars as pl
@@ -31,10 +31,8 @@ from pyiceberg.expressions import (
     BooleanExpression,
     EqualTo,
     GreaterThan,
-    GreaterThanOrEqual,
     In,
     IsNull,
-    LessThanOrEqual,
     Or,
     Reference,
 )
@@ -101,9 +99,11 @@ class TouchedSet:
         for r in self.ranges:
             one: BooleanExpression = EqualTo(term=site, value=literal(r.site_id))
             if not r.whole_site and r.first_date is not None and r.last_date is not None:
-                one = And(one, And(
-                    GreaterThanOrEqual(term=day, value=literal(r.first_date.isoformat())),
-                    LessThanOrEqual(term=day, value=literal(r.last_date.isoformat()))))
+                # the days themselves, not a range: PyIceberg 0.12 fails comparing a range
+                # with a file whose partition has no day (a row without a local date)
+                days = {literal((r.first_date + timedelta(days=i)).isoformat())
+                        for i in range((r.last_date - r.first_date).days + 1)}
+                one = And(one, In(term=day, values=days))
             where = Or(where, one)
         return where
 
