@@ -70,9 +70,13 @@ def run_flow(spec: dict[str, Any]) -> dict[str, Any]:
                                  "imported_at": imported_at, "returned_at": returned_at,
                                  "samples": []})
     result = state.result()
-    build = {}
-    if isinstance(result, dict):
-        build = {k: result[k] for k in ("build_seconds",) if k in result}
+    build: dict[str, Any] = {}
+    if isinstance(result, dict):  # the code before typed flow results
+        build = {"seconds": result.get("build_seconds", {})}
+    elif getattr(result, "build", None) is not None:
+        report = result.build
+        build = {"seconds": report.seconds, "full_refresh": getattr(report, "full_refresh", None),
+                 "changes": getattr(report, "changes", None)}
     return {"seconds": returned_at - spec["launched_at"], "cpu_s": cpu,
             "peak_rss_mib": peak_rss_mib(), "parent_wall_s": breakdown["parent_wall_s"],
             "stages": breakdown["stages"], "build": build}

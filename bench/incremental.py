@@ -238,19 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     sites = [SiteConfig(site_id="a" if i == 0 else f"s{i}", seed=1 if i == 0 else 100 + i,
                         timezone="Europe/London", api_secret=SECRET)
              for i in range(max(args.history))]
-    block = {"commit": _commit(), "started": datetime.now(UTC).isoformat(timespec="seconds"),
-             "machine": _machine(), "history": []}
+    history: list[dict[str, Any]] = []
+    block: dict[str, Any] = {"commit": _commit(), "machine": _machine(),
+                             "started": datetime.now(UTC).isoformat(timespec="seconds")}
     with tempfile.TemporaryDirectory(prefix="cascade-incr-bench-") as tmp, \
             SimulatorServer(sites, now=NOW, history_days=args.days + 10) as sim:
         work = Path(tmp)
         prefect_home = work / "prefect-home"
         _migrate(prefect_home)
         for n in args.history:
-            block["history"].append(_history_run(n, sim, sites, args, work, prefect_home))
+            history.append(_history_run(n, sim, sites, args, work, prefect_home))
     results = json.loads(args.out_json.read_text()) if args.out_json.exists() else {}
     previous = results.get(args.label, {}).get("history", [])
     kept = [h for h in previous if h["site_years"] not in args.history]
-    block["history"] = sorted(kept + block["history"], key=lambda h: h["site_years"])
+    block["history"] = sorted(kept + history, key=lambda h: h["site_years"])
     results[args.label] = block  # sizes run now replace theirs; the others are kept
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(results, indent=1))
