@@ -27,7 +27,7 @@ from flows.pipeline import backfill, daily
 from flows.promote import promote
 from flows.publish import publish
 from flows.validate import validate
-from tasks.build_log import BuildRecord, builds_after
+from tasks.build_log import BuildRecord, TouchedRange, builds_after
 from tasks.changes import change_rows, record_changes
 from tasks.lakehouse import read_table, replace_rows
 from tasks.profile import current_profile, embedded_lakehouse
@@ -241,4 +241,49 @@ def test_a_timezone_change_rebuilds_every_day_of_the_site(
         "timezone_name").unique().to_list()
     assert zones == ["America/New_York"]
     for name in ("moved", "moved-full"):
+        branches.delete_branch(name)
+
+
+def test_a_sensor_interval_change_rebuilds_every_day_of_the_site(
+        at_sequence: Sequence) -> None:
+    # three days become one reading a minute (a Libre after a Dexcom): the site's median
+    # gap, and with it every day's expected readings, drops from 5 minutes to 1
+    branches = embedded_lakehouse().branches
+    branches.create_branch("libre", "main")
+    catalog = branches.catalog("libre")
+    layout, log_layout = raw_layout(RAW_TABLES["entries"]), AUDIT_TABLES["ingest_log"]
+    days = [date(2024, 3, 27) + timedelta(days=i) for i in range(3)]
+    for day in days:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        where = And(EqualTo("site_id", SITE.site_id),
+                    And(GreaterThanOrEqual("entry_at", start.isoformat()),
+                        LessThan("entry_at", (start + timedelta(days=1)).isoformat())))
+        rows = read_table(catalog, "raw.entries", where)
+        sgv = rows.filter(pl.col("entry_type") == "sgv")
+        extra = pl.concat([sgv.with_columns(
+            (pl.col("entry_id") + f"-{k}").alias("entry_id"),
+            (pl.col("entry_at") + timedelta(minutes=k)).alias("entry_at"),
+            (pl.col("entry_epoch_ms") + k * 60_000).alias("entry_epoch_ms")) for k in (1, 2, 3, 4)])
+        replace_rows(catalog, layout, pl.concat([rows, extra]), where)
+        log_where = And(EqualTo("site_id", SITE.site_id), And(
+            EqualTo("table_name", "entries"), EqualTo("window_date", day.isoformat())))
+        log = read_table(catalog, "audit.ingest_log", log_where)
+        replace_rows(catalog, log_layout,
+                     log.with_columns(pl.col("n_committed") + extra.height), log_where)
+    record_changes(catalog, change_rows(SITE.site_id, ["entries"], list(days), "test",
+                                        "test-libre"))
+    report = build_branch("libre", node_tasks=False)
+    assert not report.full_refresh
+    record = builds_after(catalog, 0)[-1]
+    assert record.rebuilt("marts.mrt_quality_coverage").ranges == (
+        TouchedRange(SITE.site_id, True),)  # the whole site, for n_expected
+    assert record.rebuilt("silver.fct_cgm_reading").sites() == {SITE.site_id}
+    expected = read_table(catalog, "marts.mrt_quality_coverage").get_column("n_expected")
+    assert set(expected.to_list()) <= {1380, 1440, 1500}  # one a minute, DST days included
+    validate("libre")
+    branches.create_branch("libre-full", "libre")
+    build_branch("libre-full", node_tasks=False, full_refresh=True)
+    assert_same_tables(tables_of(branches.catalog("libre")),
+                       tables_of(branches.catalog("libre-full")))
+    for name in ("libre", "libre-full"):
         branches.delete_branch(name)
