@@ -272,9 +272,9 @@
     {{ return(filtered) }}
 {%- endmacro %}
 
-{# The touched rows of `relation` when it is a partitioned model built
-   incrementally (a subquery), else none. #}
-{% macro cascade_test_scope(relation) -%}
+{# The partitioned model behind `relation`, when this build built it
+   incrementally; else none. #}
+{% macro cascade_incremental_node(relation) -%}
     {%- if not cascade_reads_database() or flags.FULL_REFRESH -%}
         {{ return(none) }}
     {%- endif -%}
@@ -283,17 +283,38 @@
             and node.config.materialized == 'partitioned'
             and node.alias == relation.identifier
             and node.schema == relation.schema -%}
-        {%- if cascade_prior_relation(node.name) is none -%}
-            {{ return(none) }}
+        {%- if cascade_prior_relation(node.name) is not none -%}
+            {{ return(node) }}
         {%- endif -%}
-        {%- set touched = cascade_model_node(node.config.touched) -%}
-        {%- set ranges = cascade_read_ranges(api.Relation.create(
-            database=touched.database, schema=touched.schema,
-            identifier=touched.alias)) -%}
-        {{ return('(select * from ' ~ relation ~ ' where '
-                  ~ touched_predicate(ranges, node.config.grain) ~ ')') }}
     {%- endfor -%}
     {{ return(none) }}
+{%- endmacro %}
+
+{# The touched rows of `relation` when it is a partitioned model built
+   incrementally (a relation or a subquery), else none. #}
+{% macro cascade_test_scope(relation) -%}
+    {%- set node = cascade_incremental_node(relation) -%}
+    {%- if node is none -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {{ return(adapter.dispatch('cascade_test_scope', 'cascade')(relation, node)) }}
+{%- endmacro %}
+
+{# DuckDB: the rows the build wrote are the model's delta table. #}
+{% macro duckdb__cascade_test_scope(relation, node) -%}
+    {{ return(api.Relation.create(database=relation.database,
+                                  schema=relation.schema,
+                                  identifier=relation.identifier ~ '__delta')) }}
+{%- endmacro %}
+
+{# Trino: the table's rows in the touched partitions. #}
+{% macro default__cascade_test_scope(relation, node) -%}
+    {%- set touched = cascade_model_node(node.config.touched) -%}
+    {%- set ranges = cascade_read_ranges(api.Relation.create(
+        database=touched.database, schema=touched.schema,
+        identifier=touched.alias)) -%}
+    {{ return('(select * from ' ~ relation ~ ' where '
+              ~ touched_predicate(ranges, node.config.grain) ~ ')') }}
 {%- endmacro %}
 
 {# In a singular test: the rows of `relation` the build rebuilt, when it is a
