@@ -187,18 +187,18 @@ def render_markdown(results: dict[str, Any]) -> str:
     for label, block in results.items():
         lines += [f"## {label}", "",
                   f"code {block['commit']}, {block['started']}, {block['machine']}", "",
-                  ("| history | run | runs | flow wall s (median) | process wall s | "
+                  ("| history | run | runs | flow wall s (median) | process wall s | CPU s | "
                    "peak RSS MiB (max) | stages s (median of runs) | load at start |"),
-                  "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for h in block["history"]:
             for kind in ("backfill", "daily"):
                 runs = h[kind] if kind == "daily" else [h[kind]]
                 ok = [r for r in runs if "failed" not in r]
                 if not ok:
                     why = runs[0]["failed"] if runs else "not run"
-                    lines.append(f"| {h['site_years']} site-years | {kind} | 0 | — | — | "
-                                 f"{max((r.get('peak_tree_rss_mib', 0) for r in runs), default=0):.0f}"
-                                 f" (tree) | {why} | — |")
+                    tree = max((r.get("peak_tree_rss_mib", 0) for r in runs), default=0)
+                    lines.append(f"| {h['site_years']} site-years | {kind} | 0 | — | — | — | "
+                                 f"{tree:.0f} (tree) | {why} | — |")
                     continue
                 stage_names = list(ok[0]["stages"])
                 stages = ", ".join(
@@ -207,7 +207,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {h['site_years']} site-years | {kind} | {len(ok)} | "
                     f"{_median(ok, 'parent_wall_s'):.1f} | {_median(ok, 'seconds'):.1f} | "
-                    f"{max(r['peak_rss_mib'] for r in ok):.0f} | {stages} | "
+                    f"{_median(ok, 'cpu_s'):.1f} | {max(r['peak_rss_mib'] for r in ok):.0f} | "
+                    f"{stages} | "
                     f"{ok[0]['load'][0]} |")
         lines.append("")
     return "\n".join(lines) + "\n"
