@@ -127,5 +127,5 @@ def _rows_written(branches: BranchCatalog, branch: str,
         identifier = f"{r['schema']}.{r['name']}"
         snapshot = catalog.load_table(identifier).current_snapshot()
         summary = snapshot.summary if snapshot is not None else None
-        out[identifier] = int(summary.get("added-records", "0")) if summary else 0
+        out[identifier] = int(summary.get("added-records") or 0) if summary else 0
     return out

@@ -133,7 +133,7 @@ def _view_of(con: duckdb.DuckDBPyConnection, catalog: Catalog, identifier: str,
     location = table.metadata_location.replace("'", "''")
     con.execute(f"create view {view} as select * from iceberg_scan('{location}')")
     summary = snapshot.summary
-    return int(summary.get("total-records", "0")) if summary else 0
+    return int(summary.get("total-records") or 0) if summary else 0
 
 
 def _empty(con: duckdb.DuckDBPyConnection, name: str, empty: pa.Table) -> None:

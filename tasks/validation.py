@@ -363,10 +363,10 @@ def _live_rows(catalog: Catalog, identifier: str) -> int | None:
     if snapshot is None or snapshot.summary is None:
         return 0
     summary = snapshot.summary
-    if int(summary.get("total-equality-deletes", "0")):
+    if summary.get("total-records") is None or int(summary.get("total-equality-deletes") or 0):
         return None
-    return int(summary.get("total-records", "0")) - int(
-        summary.get("total-position-deletes", "0"))
+    return int(summary.get("total-records") or 0) - int(
+        summary.get("total-position-deletes") or 0)
 
 
 def render_markdown(branch: str, checks: list[Check]) -> str:
