@@ -58,7 +58,8 @@ _BATCH_ROWS: Final = 250_000
 # dbt sources the build needs even before anything wrote them (a fresh lakehouse)
 _SOURCE_SCHEMAS: Final[dict[str, pl.Schema]] = {
     **{t.identifier: t.polars_schema for t in RAW_TABLES.values()},
-    AUDIT_TABLES["duplicates"].identifier: AUDIT_TABLES["duplicates"].schema,
+    **{layout.identifier: layout.schema for name, layout in AUDIT_TABLES.items()
+       if name in ("duplicates", "ingest_log")},
     CHANGES.identifier: CHANGES.schema,
 }
 _META_DDL: Final = """

@@ -6,29 +6,31 @@
     Index with its components (Klonoff et al., J Diabetes Sci Technol 2023)
     and episodes (int_glucose_episodes_detected). Glucose stays mg/dL.
 #}
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 periods as (
 
-    select * from {{ ref('int_report_periods_defined') }}
+    select * from {{ touched_sites(ref('int_report_periods_defined')) }}
 
 ),
 
 sites as (
 
-    select * from {{ ref('dim_site') }}
+    select * from {{ touched_sites(ref('dim_site')) }}
 
 ),
 
 readings as (
 
-    select * from {{ ref('int_period_readings_selected') }}
+    select * from {{ touched_sites(ref('int_period_readings_selected')) }}
 
 ),
 
 episodes as (
 
-    select * from {{ ref('int_glucose_episodes_detected') }}
+    select * from {{ touched_sites(ref('int_glucose_episodes_detected')) }}
 
 ),
 

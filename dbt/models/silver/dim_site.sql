@@ -12,23 +12,25 @@
     time they were fetched, whichever is earlier. Without an ingest log
     (data loaded another way) it is the last day with data.
 #}
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 days as (
 
-    select * from {{ ref('dim_date') }}
+    select * from {{ touched_sites(ref('dim_date')) }}
 
 ),
 
 intervals as (
 
-    select * from {{ ref('int_sensor_intervals_derived') }}
+    select * from {{ touched_sites(ref('int_sensor_intervals_derived')) }}
 
 ),
 
 profiles as (
 
-    select * from {{ ref('stg_profile') }}
+    select * from {{ touched_sites(ref('stg_profile')) }}
     where units is not null
 
 ),
@@ -53,7 +55,7 @@ fetched as (
         site_id,
         window_date,
         max(ingested_at) as ingested_at
-    from {{ ref('stg_ingest_log') }}
+    from {{ touched_sites(ref('stg_ingest_log')) }}
     where table_name = 'entries'
     group by site_id, window_date
 

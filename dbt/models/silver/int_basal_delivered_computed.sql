@@ -8,25 +8,27 @@
     say what was delivered. Pump suspensions and percent-only temp basals
     are not modelled.
 #}
+{{ partitioned('site', 'int_partitions_touched') }}
+
 {% set slot_min = 5 %}
 
 with
 
 days as (
 
-    select * from {{ ref('dim_date') }}
+    select * from {{ touched_sites(ref('dim_date')) }}
 
 ),
 
 schedule as (
 
-    select * from {{ ref('int_basal_schedule_parsed') }}
+    select * from {{ touched_sites(ref('int_basal_schedule_parsed')) }}
 
 ),
 
 treatments as (
 
-    select * from {{ ref('stg_treatments') }}
+    select * from {{ touched_sites(ref('stg_treatments')) }}
     where event_type = 'Temp Basal'
 
 ),

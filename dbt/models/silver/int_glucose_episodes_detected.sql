@@ -16,6 +16,8 @@
     - excursions back across the threshold shorter than 15 minutes do not
       end an episode and count in its duration.
 #}
+{{ partitioned('site', 'int_partitions_touched') }}
+
 {% set in_time_order -%}
     partition by site_id, period, episode_kind
     order by reading_at, reading_id
@@ -25,7 +27,7 @@ with
 
 readings as (
 
-    select * from {{ ref('int_period_readings_selected') }}
+    select * from {{ touched_sites(ref('int_period_readings_selected')) }}
 
 ),
 

@@ -1,15 +1,17 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 readings as (
 
-    select * from {{ ref('fct_cgm_reading') }}
+    select * from {{ touched_sites(ref('fct_cgm_reading')) }}
     where glucose_mg_dl is not null
 
 ),
 
 periods as (
 
-    select * from {{ ref('int_report_periods_defined') }}
+    select * from {{ touched_sites(ref('int_report_periods_defined')) }}
 
 ),
 

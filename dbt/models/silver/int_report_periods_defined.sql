@@ -5,13 +5,15 @@
     Battelino et al. 2019), plus a requested range (macro requested_period)
     when one is set. A period counts every day in it, with or without data.
 #}
+{{ partitioned('site', 'int_partitions_touched') }}
+
 {% set requested = requested_period() %}
 
 with
 
 sites as (
 
-    select * from {{ ref('dim_site') }}
+    select * from {{ touched_sites(ref('dim_site')) }}
 
 ),
 

@@ -1,8 +1,10 @@
+{{ partitioned('site', 'int_partitions_touched') }}
+
 with
 
 source as (
 
-    select * from {{ source('audit', 'ingest_log') }}
+    select * from {{ touched_sites(source('audit', 'ingest_log')) }}
 
 ),
 
