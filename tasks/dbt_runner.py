@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ DBT_PROJECT_DIR: Final = Path(
 # what a model's rows depend on: the project, its models and its macros (not its tests)
 _PROJECT_FILES: Final = ("dbt_project.yml", "models/**/*.sql", "models/**/*.yml",
                          "macros/**/*.sql")
+# a changed timezone rebuilds just the sites whose local days it moves (dbt/models/build)
+_REBUILT_BY_SITE: Final = frozenset({"CASCADE_TIMEZONE"})
+_ENV_VAR: Final = re.compile(r"""env_var\(\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
 
 
 class DbtFailed(CascadeError):
@@ -74,13 +78,18 @@ class BuildReport:
 
 
 def project_checksum(project_dir: Path = DBT_PROJECT_DIR) -> str:
-    """A digest of everything the models' rows depend on in the dbt project: when it
-    differs from the one the branch's models were built with, every model is rebuilt."""
+    """A digest of everything the models' rows depend on in the dbt project, and of the
+    environment variables it reads (``CASCADE_PERIOD_START``, ...): when it differs from
+    the one the branch's models were built with, every model is rebuilt."""
     digest = hashlib.sha256()
     files = sorted({f for pattern in _PROJECT_FILES for f in project_dir.glob(pattern)})
+    names: set[str] = set()
     for path in files:
-        digest.update(path.relative_to(project_dir).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+        text = path.read_bytes()
+        digest.update(path.relative_to(project_dir).as_posix().encode() + b"\0" + text + b"\0")
+        names.update(_ENV_VAR.findall(text.decode("utf-8", "replace")))
+    for name in sorted(names - _REBUILT_BY_SITE):
+        digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
     return digest.hexdigest()[:16]
 
 
