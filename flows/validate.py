@@ -65,6 +65,10 @@ def validate(branch: str) -> ValidationResult:
 
     The branch is never changed or deleted here: on failure it is kept for inspection.
     Returns the main hash seen, so ``promote`` can refuse if main moved since.
+
+    Args:
+        branch: the run branch to audit (built by ``build_branch``), e.g.
+            ``run-backfill-20250301020000-1a2b3c4d``.
     """
     branches = current_profile().lakehouse.branches
     main_hash = branches.ref("main").hash
