@@ -12,8 +12,9 @@ import flows
 from tasks import timeouts
 
 LONG_TASKS = {"ingest-window", "run-partition", "publish-marts", "publish-reports",
-              "load-dbt-sources", "land-models-in-iceberg", "check-dbt-results",
-              "check-mart-contracts", "reconcile-raw", "expire-snapshots", "remove-orphan-files"}
+              "plan-build", "prepare-build-file", "land-models-in-iceberg", "record-build",
+              "check-dbt-results", "check-mart-contracts", "reconcile-raw", "check-invariants",
+              "plan-publish", "read-marts", "expire-snapshots", "remove-orphan-files"}
 
 
 def _objects() -> list[object]:
