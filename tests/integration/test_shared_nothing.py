@@ -220,11 +220,6 @@ def _promoted_events(api_url: str, branch: str, since: datetime) -> list[dict[st
     return [e for e in events if e["payload"].get("branch") == branch]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="validate reads build_branch's dbt results from $CASCADE_HOME/build/<branch>, which a "
-           "separate run cannot see; issue 14 moves them into the lakehouse (audit.build_log): "
-           "remove this mark when it lands")
 def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
     stack_env: dict[str, str], run_env: dict[str, str], tmp_path: Path,
 ) -> None:
