@@ -287,4 +287,7 @@ SITE_PARAMETERS: Final = TableLayout("build.site_parameters", pl.Schema({
     "sensor_interval_min": pl.Int32(),
     "first_date": pl.Date(),
     "last_date": pl.Date(),
+    "basal_latest_from_at": pl.Datetime("us", "UTC"),
+    "basal_history_digest": pl.String(),
+    "basal_latest_digest": pl.String(),
 }), None, "")

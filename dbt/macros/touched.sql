@@ -191,6 +191,36 @@
                                date_column) }})
 {%- endmacro %}
 
+{#
+    The rows of `relation` in the model's touched partitions widened by
+    `days` days on either side (a subquery): for a model whose day reads
+    its neighbours' rows (a temp basal runs into the next day).
+#}
+{% macro touched_rows_widened(relation, days, date_column='local_date') -%}
+    {%- set ranges = cascade_touched_ranges() -%}
+    {%- if ranges is none -%}
+        {{ relation }}
+    {%- elif ranges | length == 0 -%}
+        (select * from {{ relation }} where false)
+    {%- else -%}
+        (select * from {{ relation }}
+        where
+        {%- for r in ranges %}
+            {{ 'or ' if not loop.first }}
+            {%- if r.is_whole_site -%}
+            site_id = {{ cascade_literal(r.site_id) }}
+            {%- else -%}
+            (site_id = {{ cascade_literal(r.site_id) }}
+                and {{ date_column }} between
+                {{ add_days('cast(' ~ cascade_literal(r.first_date) ~ ' as date)', -days) }}
+                and {{ add_days('cast(' ~ cascade_literal(r.last_date) ~ ' as date)', days) }})
+            {%- endif -%}
+        {%- endfor %}
+            or (site_id in {{ cascade_site_list(ranges) }}
+                and {{ date_column }} is null))
+    {%- endif -%}
+{%- endmacro %}
+
 {# The rows of `relation` of the model's touched sites (a subquery). #}
 {% macro touched_sites(relation) -%}
     (select * from {{ relation }}

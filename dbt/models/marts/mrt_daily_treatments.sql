@@ -4,31 +4,31 @@
     carbs any treatment with carbs (fct_carb_event); basal comes from
     int_basal_delivered_computed (temp basals against the profile's schedule).
 #}
-{{ partitioned('site', 'int_partitions_touched') }}
+{{ partitioned('site_day', 'int_partitions_basal') }}
 
 with
 
 days as (
 
-    select * from {{ touched_sites(ref('dim_date')) }}
+    select * from {{ touched_rows(ref('dim_date')) }}
 
 ),
 
 boluses as (
 
-    select * from {{ touched_sites(ref('fct_bolus_event')) }}
+    select * from {{ touched_rows(ref('fct_bolus_event')) }}
 
 ),
 
 carbs as (
 
-    select * from {{ touched_sites(ref('fct_carb_event')) }}
+    select * from {{ touched_rows(ref('fct_carb_event')) }}
 
 ),
 
 basal as (
 
-    select * from {{ touched_sites(ref('int_basal_delivered_computed')) }}
+    select * from {{ touched_rows(ref('int_basal_delivered_computed')) }}
 
 ),
 

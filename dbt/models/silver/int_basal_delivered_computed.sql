@@ -6,9 +6,10 @@
     its rate is `absolute`, else `rate`, in U/h. A day any of whose slots has
     neither a temp basal nor a profile schedule gets null: the data does not
     say what was delivered. Pump suspensions and percent-only temp basals
-    are not modelled.
+    are not modelled. Rebuilt per day (int_partitions_basal): a day reads
+    the temp basals of the day before and after too.
 #}
-{{ partitioned('site', 'int_partitions_touched') }}
+{{ partitioned('site_day', 'int_partitions_basal') }}
 
 {% set slot_min = 5 %}
 
@@ -16,7 +17,7 @@ with
 
 days as (
 
-    select * from {{ touched_sites(ref('dim_date')) }}
+    select * from {{ touched_rows(ref('dim_date')) }}
 
 ),
 
@@ -28,7 +29,7 @@ schedule as (
 
 treatments as (
 
-    select * from {{ touched_sites(ref('stg_treatments')) }}
+    select * from {{ touched_rows_widened(ref('stg_treatments'), 1) }}
     where event_type = 'Temp Basal'
 
 ),
