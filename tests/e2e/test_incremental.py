@@ -12,6 +12,7 @@ run rebuilt only its own days.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -190,8 +191,8 @@ def test_daily_runs_across_dst_equal_one_backfill_of_the_same_days(
     for name in ("marts.mrt_daily_glycaemia", "marts.mrt_quality_coverage"):
         ours[name] = ours[name].filter(pl.col("local_date") != EDITED)
         theirs[name] = theirs[name].filter(pl.col("local_date") != EDITED)
-    for name in ("marts.mrt_agp_hourly", "marts.mrt_agp_hourly_14d"):
-        del ours[name], theirs[name]  # every reading of the site: the removed one included
+    for name in ("marts.mrt_agp_hourly", "marts.mrt_agp_hourly_14d", "marts.mrt_period_summary"):
+        del ours[name], theirs[name]  # every reading of a period: the removed one included
     assert_same_tables(ours, theirs)
     dst = theirs["marts.mrt_quality_coverage"].filter(pl.col("local_date") == DST_DAY)
     assert dst.item(0, "n_expected") == 276  # 23 hours of 5-minute readings
@@ -286,4 +287,59 @@ def test_a_sensor_interval_change_rebuilds_every_day_of_the_site(
     assert_same_tables(tables_of(branches.catalog("libre")),
                        tables_of(branches.catalog("libre-full")))
     for name in ("libre", "libre-full"):
+        branches.delete_branch(name)
+
+
+def _retuned(store: str, factor: float) -> str:
+    """A profile store (JSON text) whose every basal rate is ``factor`` times its own."""
+    profiles = json.loads(store)
+    for profile in profiles.values():
+        for entry in profile.get("basal") or []:
+            entry["value"] = float(entry["value"]) * factor
+    return json.dumps(profiles)
+
+
+def test_a_new_profile_version_rebuilds_basal_from_its_start_only(
+        at_sequence: Sequence) -> None:
+    # a retuned profile from 29 March 13:00 local, uploaded with the night's readings of
+    # 1 April: the basal days from the 29th to the last are rebuilt, the glucose marts
+    # only around the 1st
+    branches = embedded_lakehouse().branches
+    branches.create_branch("retuned", "main")
+    catalog = branches.catalog("retuned")
+    layout = raw_layout(RAW_TABLES["profile"])
+    site = EqualTo("site_id", SITE.site_id)
+    profiles = read_table(catalog, "raw.profile", site)
+    latest = profiles.sort("valid_from_at").tail(1)
+    starts = datetime(2024, 3, 29, 12, 0, tzinfo=UTC)
+    retuned = latest.with_columns(
+        pl.lit("retuned-profile").alias("profile_id"),
+        pl.lit(starts).cast(profiles.schema["valid_from_at"]).alias("valid_from_at"),
+        pl.col("store").map_elements(lambda s: _retuned(s, 1.5), return_dtype=pl.String()))
+    replace_rows(catalog, layout, pl.concat([profiles, retuned]), site)
+    record_changes(catalog, change_rows(SITE.site_id, ["entries"], [date(2024, 4, 1)], "test",
+                                        "test-retuned"))
+    report = build_branch("retuned", node_tasks=False)
+    assert not report.full_refresh
+    record = builds_after(catalog, 0)[-1]
+    basal = record.rebuilt("silver.int_basal_delivered_computed").ranges or ()
+    assert [(r.whole_site, r.first_date) for r in basal] == [(False, starts.date())]
+    assert record.rebuilt("marts.mrt_daily_treatments") == record.rebuilt(
+        "silver.int_basal_delivered_computed")
+    glucose = record.rebuilt("marts.mrt_daily_glycaemia").ranges or ()
+    assert glucose and min(r.first_date or FIRST for r in glucose) > starts.date()
+
+    def scheduled(ref: str) -> dict[date, float]:
+        rows = read_table(branches.catalog(ref), "marts.mrt_daily_treatments", site)
+        return dict(zip(rows.get_column("local_date").to_list(),
+                        rows.get_column("scheduled_basal_u").to_list(), strict=True))
+
+    before, after = scheduled("main"), scheduled("retuned")
+    assert after[date(2024, 3, 28)] == before[date(2024, 3, 28)]
+    assert after[date(2024, 3, 30)] == pytest.approx(1.5 * before[date(2024, 3, 30)])
+    branches.create_branch("retuned-full", "retuned")
+    build_branch("retuned-full", node_tasks=False, full_refresh=True)
+    assert_same_tables(tables_of(branches.catalog("retuned")),
+                       tables_of(branches.catalog("retuned-full")))
+    for name in ("retuned", "retuned-full"):
         branches.delete_branch(name)
