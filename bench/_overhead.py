@@ -110,11 +110,19 @@ def _span(runs: list[dict[str, Any]]) -> Interval:
 
 def _stages(parent: dict[str, Any], flow_runs: list[dict[str, Any]],
             tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each stage's intervals (a stage run more than once, after a conflict, adds up)."""
+    """Each stage's intervals (a stage run more than once, after a conflict, adds up).
+
+    The ingest stage is the span of the parent's own tasks that start before its first
+    subflow: the tasks a parent runs after the chain (run summary, events) are not ingest.
+    """
     stages: dict[str, dict[str, Any]] = {}
-    own = [t for t in tasks if t["flow_run_id"] == parent["id"]]
+    first_child = min((f["start"] for f in flow_runs if f["parent"] == parent["id"]),
+                      default=None)
+    own = [t for t in tasks if t["flow_run_id"] == parent["id"]
+           and (first_child is None or t["start"] < first_child)]
     if own:
-        stages[INGEST_STAGE] = {"intervals": [_span(own)], "flow_ids": {parent["id"]}}
+        stages[INGEST_STAGE] = {"intervals": [_span(own)], "flow_ids": {parent["id"]},
+                                "task_ids": {t["id"] for t in own}}
     children = {f["id"]: f for f in flow_runs}
     for run in sorted((f for f in flow_runs if f["parent"] == parent["id"]),
                       key=lambda f: f["start"]):
@@ -148,7 +156,8 @@ def chain_breakdown(run: dict[str, Any]) -> dict[str, Any]:
     stages, spans = {}, []
     for name, stage in _stages(parent, flows, tasks).items():
         spans += stage["intervals"]
-        mine = [t for t in tasks if t["flow_run_id"] in stage["flow_ids"]]
+        mine = [t for t in tasks if t["flow_run_id"] in stage["flow_ids"]
+                and ("task_ids" not in stage or t["id"] in stage["task_ids"])]
         stage_wall = sum(hi - lo for lo, hi in stage["intervals"])
         stages[name] = {"wall_s": stage_wall, "share": stage_wall / wall if wall > 0 else 0.0,
                         "runs": len(stage["intervals"]), "task_runs": len(mine),

@@ -192,6 +192,17 @@ def test_chain_breakdown_gives_stage_shares_counts_and_overhead() -> None:
     assert (b["sampled_cascade_s"], b["sampled_prefect_s"]) == (10.0, 10.0)
 
 
+def test_chain_breakdown_counts_only_the_parents_tasks_before_its_first_subflow_as_ingest(
+) -> None:
+    run = _chain_run()
+    summary = {"id": "s1", "name": "s1", "flow_run_id": "p", "start": 100.0, "end": 105.0,
+               "total_run_time": 5.0}  # a run summary the parent writes after the chain
+    run["task_runs"] = [*run["task_runs"], summary]
+    stages = chain_breakdown(run)["stages"]
+    assert stages["ingest"] == {"wall_s": 18.0, "share": 0.18, "runs": 1, "task_runs": 2,
+                                "in_task_runs_s": 18.0}
+
+
 def _chain_figure() -> dict[str, Any]:
     first = chain_breakdown(_chain_run())
     slower = _chain_run()
