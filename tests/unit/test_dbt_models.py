@@ -102,7 +102,7 @@ def test_build_runs_every_model_and_test(built: Path) -> None:
         group by table_schema order by table_schema
     """)
     assert models == [
-        {"table_schema": "build", "n": 5},
+        {"table_schema": "build", "n": 6},
         {"table_schema": "marts", "n": 6},
         {"table_schema": "silver", "n": 16},
         {"table_schema": "staging", "n": 6},
