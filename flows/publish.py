@@ -48,7 +48,8 @@ def publish(ref: str = "main", marts_block: str | None = None, charts: bool = Tr
         charts: also render the report (last 14 days) of each site whose rows changed into
             the lakehouse's storage, with one ``cgm-report-<site>`` artifact per site.
         units: ``mg/dL`` or ``mmol/L`` for every report instead of each site's own unit
-            (from its Nightscout profile).
+            (from its Nightscout profile); given, every site's report is rendered again,
+            not only those of the sites whose rows changed.
         full: write every mart whole.
     """
     profile = current_profile()
@@ -59,7 +60,7 @@ def publish(ref: str = "main", marts_block: str | None = None, charts: bool = Tr
     report = publish_marts_task(marts, ref, info.hash, current_run_id(),
                                 profile.marts_connector(marts_block), plan.build_seq,
                                 plan.build_id)
-    sites = plan.sites()
+    sites = None if units is not None else plan.sites()  # None: every site
     reports = (publish_reports_task(profile.lakehouse, report_marts(catalog, sites), units)
                if charts and (sites is None or sites) else [])
     whole = sorted(name for name, m in plan.marts.items() if m.whole)
