@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
+from pyiceberg.expressions import And
 
 from flows.build_branch import build_branch
 from flows.pipeline import backfill, daily
@@ -35,6 +35,7 @@ from tasks.profile import current_profile, embedded_lakehouse
 from tasks.publish import read_mart
 from tasks.simulator import SimulatorServer, SiteConfig
 from tasks.tables import AUDIT_TABLES, RAW_TABLES, raw_layout
+from tests._iceberg import between, eq
 from tests.e2e.model_compare import assert_same_tables, tables_of
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +73,7 @@ def simulator() -> Iterator[SimulatorServer]:
 
 def _readings(day: date) -> int:
     daily_mart = read_table(embedded_lakehouse().branches.catalog("main"),
-                            "marts.mrt_daily_glycaemia", EqualTo("local_date", day.isoformat()))
+                            "marts.mrt_daily_glycaemia", eq("local_date", day.isoformat()))
     return int(daily_mart.get_column("n_readings").sum())
 
 
@@ -84,16 +85,15 @@ def _remove_a_reading(day: date) -> str:
     catalog = branches.catalog("feed-edit")
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
-    where = And(EqualTo("site_id", SITE.site_id),
-                And(GreaterThanOrEqual("entry_at", start.isoformat()),
-                    LessThan("entry_at", end.isoformat())))
+    where = And(eq("site_id", SITE.site_id),
+                between("entry_at", start.isoformat(), end.isoformat()))
     rows = read_table(catalog, "raw.entries", where).sort("entry_at")
     removed = str(rows.item(len(rows) // 2, "entry_id"))
     replace_rows(catalog, raw_layout(RAW_TABLES["entries"]),
                  rows.filter(pl.col("entry_id") != removed), where)
     log_layout = AUDIT_TABLES["ingest_log"]
-    log_where = And(EqualTo("site_id", SITE.site_id),
-                    And(EqualTo("table_name", "entries"), EqualTo("window_date", day.isoformat())))
+    log_where = And(eq("site_id", SITE.site_id),
+                    And(eq("table_name", "entries"), eq("window_date", day.isoformat())))
     log = read_table(catalog, "audit.ingest_log", log_where)
     replace_rows(catalog, log_layout, log.with_columns(pl.col("n_committed") - 1), log_where)
     record_changes(catalog, change_rows(SITE.site_id, ["entries"], [day], "change_feed",
@@ -175,7 +175,7 @@ def test_the_removed_reading_is_gone_from_every_model(at_sequence: Sequence) -> 
     for table, column in (("staging.stg_entries", "entry_id"),
                           ("silver.fct_cgm_reading", "reading_id"),
                           ("silver.int_cgm_gaps_measured", "reading_id")):
-        found = read_table(catalog, table, EqualTo(column, at_sequence.removed_reading))
+        found = read_table(catalog, table, eq(column, at_sequence.removed_reading))
         assert found.height == 0, table
 
 
@@ -256,9 +256,9 @@ def test_a_sensor_interval_change_rebuilds_every_day_of_the_site(
     days = [date(2024, 3, 27) + timedelta(days=i) for i in range(3)]
     for day in days:
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        where = And(EqualTo("site_id", SITE.site_id),
-                    And(GreaterThanOrEqual("entry_at", start.isoformat()),
-                        LessThan("entry_at", (start + timedelta(days=1)).isoformat())))
+        where = And(eq("site_id", SITE.site_id),
+                    between("entry_at", start.isoformat(),
+                            (start + timedelta(days=1)).isoformat()))
         rows = read_table(catalog, "raw.entries", where)
         sgv = rows.filter(pl.col("entry_type") == "sgv")
         extra = pl.concat([sgv.with_columns(
@@ -266,8 +266,8 @@ def test_a_sensor_interval_change_rebuilds_every_day_of_the_site(
             (pl.col("entry_at") + timedelta(minutes=k)).alias("entry_at"),
             (pl.col("entry_epoch_ms") + k * 60_000).alias("entry_epoch_ms")) for k in (1, 2, 3, 4)])
         replace_rows(catalog, layout, pl.concat([rows, extra]), where)
-        log_where = And(EqualTo("site_id", SITE.site_id), And(
-            EqualTo("table_name", "entries"), EqualTo("window_date", day.isoformat())))
+        log_where = And(eq("site_id", SITE.site_id), And(
+            eq("table_name", "entries"), eq("window_date", day.isoformat())))
         log = read_table(catalog, "audit.ingest_log", log_where)
         replace_rows(catalog, log_layout,
                      log.with_columns(pl.col("n_committed") + extra.height), log_where)
@@ -308,7 +308,7 @@ def test_a_new_profile_version_rebuilds_basal_from_its_start_only(
     branches.create_branch("retuned", "main")
     catalog = branches.catalog("retuned")
     layout = raw_layout(RAW_TABLES["profile"])
-    site = EqualTo("site_id", SITE.site_id)
+    site = eq("site_id", SITE.site_id)
     profiles = read_table(catalog, "raw.profile", site)
     latest = profiles.sort("valid_from_at").tail(1)
     starts = datetime(2024, 3, 29, 12, 0, tzinfo=UTC)

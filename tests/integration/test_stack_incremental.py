@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime
 import polars as pl
 import pytest
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import EqualTo
 
 from flows.build_branch import build_branch
 from flows.pipeline import backfill, daily
@@ -20,6 +19,7 @@ from tasks.build_log import builds_after, latest_build_seq
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer
+from tests._iceberg import eq
 from tests.e2e.model_compare import MODEL_NAMESPACES, assert_same_tables
 from tests.integration.conftest import NOW
 
@@ -34,7 +34,7 @@ def _site_tables(catalog: Catalog, site_id: str) -> dict[str, pl.DataFrame]:
             identifier = f"{namespace}.{name}"
             if "site_id" not in catalog.load_table(identifier).schema().column_names:
                 continue
-            frame = read_table(catalog, identifier, EqualTo("site_id", site_id))
+            frame = read_table(catalog, identifier, eq("site_id", site_id))
             out[identifier] = frame.select(sorted(frame.columns)).sort(
                 sorted(frame.columns), nulls_last=True)
     return out

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
 import pytest
@@ -28,7 +29,14 @@ from tasks.publish import (
 )
 from tasks.settings import LakehouseSettings
 
-REF = {"ref": "main", "ref_hash": "a1b2c3d4e5f6", "run_id": "run-7f3a"}
+
+class _Ref(TypedDict):
+    ref: str
+    ref_hash: str
+    run_id: str
+
+
+REF: _Ref = {"ref": "main", "ref_hash": "a1b2c3d4e5f6", "run_id": "run-7f3a"}
 
 
 @pytest.fixture
