@@ -15,8 +15,8 @@ asks for them (its day cache is bounded), so the backfill's wall time carries th
 on this machine's cores; the daily's days are generated before any timing. A watchdog
 kills a run whose process tree passes ``--mem-limit-gib`` and records that it did.
 
-Results go to ``--out-json`` (by label; sizes run now replace that label's earlier ones) and a markdown table
-(``--out-md``) with the targets of issue 14.
+Results go to ``--out-json`` (by label; sizes run now replace that label's earlier ones)
+and a markdown table (``--out-md``) with the targets of issue 14.
 """
 
 from __future__ import annotations

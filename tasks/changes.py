@@ -73,7 +73,8 @@ def consumed_changes(catalog: Catalog, build_seq: int) -> pl.DataFrame:
     """The change rows build ``build_seq`` consumed."""
     if not catalog.table_exists(CHANGES.identifier):
         return pl.DataFrame(schema=CHANGES_SCHEMA)
-    rows = read_table(catalog, CHANGES.identifier, EqualTo(term=Reference("build_seq"), value=literal(build_seq)))
+    rows = read_table(catalog, CHANGES.identifier,
+                      EqualTo(term=Reference("build_seq"), value=literal(build_seq)))
     return rows.cast(CHANGES_SCHEMA)
 
 
