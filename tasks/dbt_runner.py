@@ -46,7 +46,7 @@ DBT_PROJECT_DIR: Final = Path(
 )
 # what a model's rows depend on: the project, its models and its macros (not its tests)
 _PROJECT_FILES: Final = ("dbt_project.yml", "models/**/*.sql", "models/**/*.yml",
-                         "macros/**/*.sql")
+                         "macros/**/*.sql", "materializations/**/*.sql")
 # a changed timezone rebuilds just the sites whose local days it moves (dbt/models/build)
 _REBUILT_BY_SITE: Final = frozenset({"CASCADE_TIMEZONE"})
 _ENV_VAR: Final = re.compile(r"""env_var\(\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")

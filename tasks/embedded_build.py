@@ -6,7 +6,7 @@ current metadata file (DuckDB's ``iceberg_scan``, so nothing is copied): the dbt
 as ``raw.*`` and ``audit.*``, and every other table as ``prior.<namespace>__<table>``, the
 rows the models held before this build. A partitioned model builds only its touched
 partitions, into ``<model>__delta``; the model itself is a view of its prior rows outside
-those partitions plus the delta (dbt/macros/partitioned.sql). After dbt, each delta lands
+those partitions plus the delta (dbt/materializations/partitioned.sql). After dbt, each delta lands
 in Iceberg in place of those partitions, streamed in batches, in one commit per model.
 
 The file is scratch: it is rebuilt from the lakehouse at every build, and nothing is read
