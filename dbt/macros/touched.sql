@@ -99,10 +99,11 @@
     {%- if model.resource_type == 'unit_test' -%}
         {{ return(none) }}  {#- unit tests build from their given rows -#}
     {%- endif -%}
-    {%- set set_name = set_name or config.get('touched') -%}
-    {%- if not set_name and not execute -%}
+    {%- if set_name is none and not execute -%}
         {{ return(none) }}  {#- parse time: partitioned() refs the set -#}
-    {%- elif not set_name -%}
+    {%- endif -%}
+    {%- set set_name = set_name or config.get('touched') -%}
+    {%- if not set_name -%}
         {{ exceptions.raise_compiler_error(
             model.name ~ ': set config touched to the build model that '
             ~ 'names the partitions it rebuilds') }}

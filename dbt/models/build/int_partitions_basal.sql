@@ -40,7 +40,9 @@ previous as (
 
 sites as (
 
-    select distinct rederived.site_id, rederived.timezone_name
+    select distinct
+        site_id,
+        timezone_name
     from rederived
 
 ),
@@ -59,11 +61,14 @@ compared as (
             'case when schedule.valid_from_at = previous.basal_latest_from_at then '
             ~ basal_schedule_text('schedule', with_validity=false) ~ ' end') }}
             as latest_digest,
-        min(case
-            when previous.basal_latest_from_at is null
-                or schedule.valid_from_at > previous.basal_latest_from_at
-                then schedule.valid_from_at
-        end) as first_new_from_at
+        min(
+            case
+                when
+                    previous.basal_latest_from_at is null
+                    or schedule.valid_from_at > previous.basal_latest_from_at
+                    then schedule.valid_from_at
+            end
+        ) as first_new_from_at
     from sites
     inner join previous
         on sites.site_id = previous.site_id
@@ -73,21 +78,25 @@ compared as (
 
 ),
 
+-- 'whole', or the instant from which the schedules differ
 changes as (
 
     select
         compared.site_id,
+        coalesce(compared.history_digest, '')
+        <> coalesce(previous.basal_history_digest, '') as is_whole_site,
         case
-            when compared.history_digest is distinct from previous.basal_history_digest
-                then 'whole'
-            when compared.latest_digest is distinct from previous.basal_latest_digest
-                then 'from_previous_latest'
-            when compared.latest_from_at is distinct from compared.previous_latest_from_at
-                then 'from_first_new'
-        end as change,
-        coalesce(compared.first_new_from_at, compared.previous_latest_from_at)
-            as first_new_from_at,
-        compared.previous_latest_from_at
+            when
+                coalesce(compared.latest_digest, '')
+                <> coalesce(previous.basal_latest_digest, '')
+                then compared.previous_latest_from_at
+            when
+                coalesce(cast(compared.latest_from_at as varchar), '')
+                <> coalesce(cast(compared.previous_latest_from_at as varchar), '')
+                then coalesce(
+                    compared.first_new_from_at, compared.previous_latest_from_at
+                )
+        end as changed_from_at
     from compared
     inner join previous
         on compared.site_id = previous.site_id
@@ -96,13 +105,21 @@ changes as (
 
 whole as (
 
-    select site_id, timezone_name from rederived where is_whole_site
+    select
+        site_id,
+        timezone_name
+    from rederived
+    where is_whole_site
+
     union
-    select sites.site_id, sites.timezone_name
+
+    select
+        sites.site_id,
+        sites.timezone_name
     from sites
     inner join changes
         on sites.site_id = changes.site_id
-    where changes.change = 'whole'
+    where changes.is_whole_site
 
 ),
 
@@ -112,22 +129,22 @@ schedule_ranges as (
     select
         sites.site_id,
         sites.timezone_name,
-        false as is_whole_site,
+        latest.last_date,
         greatest(
             latest.first_date,
-            cast({{ to_local_timestamp(
-                "case when changes.change = 'from_previous_latest'
-                    then changes.previous_latest_from_at
-                    else changes.first_new_from_at end",
-                'sites.timezone_name') }} as date)
-        ) as first_date,
-        latest.last_date
+            cast(
+                {{ to_local_timestamp('changes.changed_from_at',
+                                      'sites.timezone_name') }} as date
+            )
+        ) as first_date
     from sites
     inner join changes
         on sites.site_id = changes.site_id
     inner join latest
         on sites.site_id = latest.site_id
-    where changes.change in ('from_previous_latest', 'from_first_new')
+    where
+        not changes.is_whole_site
+        and changes.changed_from_at is not null
 
 ),
 
@@ -139,17 +156,37 @@ rederived_days as (
 
 days as (
 
-    select site_id, timezone_name, {{ add_days('local_date', -1) }} as local_date
+    select
+        site_id,
+        timezone_name,
+        {{ add_days('local_date', -1) }} as local_date
     from rederived_days
+
     union all
-    select site_id, timezone_name, local_date from rederived_days
-    union all
-    select site_id, timezone_name, {{ add_days('local_date', 1) }} as local_date
+
+    select
+        site_id,
+        timezone_name,
+        local_date
     from rederived_days
+
     union all
-    select site_id, timezone_name, cast(schedule_day as date) as local_date
+
+    select
+        site_id,
+        timezone_name,
+        {{ add_days('local_date', 1) }} as local_date
+    from rederived_days
+
+    union all
+
+    select
+        schedule_days.site_id,
+        schedule_days.timezone_name,
+        cast(schedule_day as date) as local_date
     from (
-        select * from schedule_ranges where first_date <= last_date
+        select * from schedule_ranges
+        where first_date <= last_date
     ) as schedule_days
     {{ date_sequence('schedule_days', 'first_date', 'last_date', 'schedule_day') }}
 
