@@ -51,12 +51,14 @@ WINDOW_TABLES: Final = ("entries", "treatments", "devicestatus")
 
 @dataclass(frozen=True)
 class TableCounts:
-    """What happened to one table's records in a window."""
+    """What happened to one table's records in a window: each fetched record was
+    committed, set aside as a duplicate or a reject, or is deleted at the source."""
 
     fetched: int
     duplicates: int
     rejected: int
     committed: int
+    deleted: int = 0
 
 
 @dataclass
@@ -77,7 +79,7 @@ class WindowReport:
         """One log line: ``2024-03-01..2024-03-02 site=a entries: fetched 288, ...``."""
         parts = [
             f"{name}: fetched {c.fetched}, duplicates {c.duplicates}, rejected {c.rejected}, "
-            f"committed {c.committed}"
+            f"committed {c.committed}" + (f", deleted at source {c.deleted}" if c.deleted else "")
             for name, c in self.tables.items()
         ]
         return f"{self.start.date()}..{self.end.date()} site={self.site_id} " + "; ".join(parts)
@@ -89,6 +91,7 @@ class _Prepared:
     rows: pl.DataFrame
     duplicates: pl.DataFrame
     rejects: pl.DataFrame
+    deleted: pl.DataFrame  # soft-deleted at the source: record id and time
     log: pl.DataFrame
 
 
@@ -121,8 +124,9 @@ def ingest_window(
                      site_window(layout, ctx.site_id, ctx.window_start, ctx.window_end))
         fault_point("ingest-mid-commit")
         report.tables[p.table.name] = TableCounts(
-            fetched=p.rows.height + p.duplicates.height + p.rejects.height,
+            fetched=p.rows.height + p.duplicates.height + p.rejects.height + p.deleted.height,
             duplicates=p.duplicates.height, rejected=p.rejects.height, committed=p.rows.height,
+            deleted=p.deleted.height,
         )
     _commit_audit(catalog, prepared, ctx)
     return report
@@ -139,8 +143,8 @@ def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _P
                                        unreadable_rejects(fetched.set_aside, table.name, ctx)]),
                             ctx)
     duplicates = _on_their_day(shaped.duplicates, ctx)
-    log = _daily_log(table, checked.valid, duplicates, rejects, ctx)
-    return _Prepared(table, checked.valid, duplicates, rejects, log)
+    log = _daily_log(table, checked.valid, duplicates, rejects, shaped.deleted, ctx)
+    return _Prepared(table, checked.valid, duplicates, rejects, shaped.deleted, log)
 
 
 # Treatments and device status are filtered on ``created_at`` as *text*; an uploader's
@@ -196,22 +200,25 @@ def _per_day(frame: pl.DataFrame, time_column: str, ctx: ShapeContext, name: str
         pl.len().alias(name))
 
 
+_LOG_COUNTS: Final = ("n_committed", "n_duplicates", "n_rejected", "n_deleted")
+
+
 def _daily_log(table: RawTable, valid: pl.DataFrame, dupes: pl.DataFrame,
-               rejects: pl.DataFrame, ctx: ShapeContext) -> pl.DataFrame:
+               rejects: pl.DataFrame, deleted: pl.DataFrame, ctx: ShapeContext) -> pl.DataFrame:
     """One ingest-log row per UTC day of the window, so any chunking reconciles."""
     counts = _days(ctx)
     for frame, col, name in ((valid, table.time_column, "n_committed"),
                              (dupes, "event_at", "n_duplicates"),
-                             (rejects, "event_at", "n_rejected")):
+                             (rejects, "event_at", "n_rejected"),
+                             (deleted, "event_at", "n_deleted")):
         counts = counts.join(_per_day(frame, col, ctx, name), on="window_date", how="left")
-    counts = counts.with_columns(pl.col("n_committed", "n_duplicates", "n_rejected")
-                                 .fill_null(0).cast(pl.Int64))
+    counts = counts.with_columns(pl.col(*_LOG_COUNTS).fill_null(0).cast(pl.Int64))
     return counts.select(
         pl.lit(table.name).alias("table_name"),
         pl.lit(ctx.site_id).alias("site_id"),
         pl.col("window_date"),
-        (pl.col("n_committed") + pl.col("n_duplicates") + pl.col("n_rejected")).alias("n_fetched"),
-        pl.col("n_duplicates"), pl.col("n_rejected"), pl.col("n_committed"),
+        pl.sum_horizontal(*_LOG_COUNTS).alias("n_fetched"),
+        pl.col("n_duplicates"), pl.col("n_rejected"), pl.col("n_committed"), pl.col("n_deleted"),
         pl.lit(ctx.run_id).alias("ingest_run_id"),
         pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
     ).cast(INGEST_LOG_SCHEMA)
@@ -223,7 +230,8 @@ def _breaches(prepared: list[_Prepared], max_ratio: float) -> list[str]:
         for row in p.log.iter_rows(named=True):  # one row per day: a handful per window
             try:
                 enforce_reject_ratio(f"raw.{p.table.name}", str(row["window_date"]),
-                                     row["n_fetched"], row["n_rejected"], max_ratio)
+                                     row["n_fetched"] - row["n_deleted"], row["n_rejected"],
+                                     max_ratio)
             except ContractError as exc:
                 out.append(str(exc))
     return out

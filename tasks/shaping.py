@@ -1,9 +1,10 @@
 """Shape raw Nightscout documents into typed raw-table frames, with Polars expressions only.
 
 ``shape(table, docs, context)`` turns the frame the client parsed (whatever columns the
-uploaders sent) into the table's declared columns, plus two side outputs so nothing is
-dropped silently: the duplicates removed (``audit.duplicates``) and the rows that cannot
-be placed at all (no usable time, or a time outside the requested window) as rejects.
+uploaders sent) into the table's declared columns, plus side outputs so nothing is
+dropped silently: the duplicates removed (``audit.duplicates``), the rows that cannot be
+placed at all (no usable time, or a time outside the requested window) as rejects, and the
+documents the source marks deleted (``isValid: false``), which never become rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tasks.json_documents import SetAside
 from tasks.tables import DUPLICATES_SCHEMA, REJECTS_SCHEMA, RawTable, raw_table
 
 __all__ = [
+    "SOURCE_DELETED_SCHEMA",
     "ShapeContext",
     "Shaped",
     "empty_like",
@@ -35,6 +37,9 @@ __all__ = [
 _UTC = pl.Datetime("us", "UTC")
 _ROW: Final = "__row"
 
+# Documents the source marks deleted: their id and time, so a caller can count them per day
+# and remove them from the lake; the rest of such a document is not kept.
+SOURCE_DELETED_SCHEMA: Final = pl.Schema({"record_id": pl.String(), "event_at": _UTC})
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,16 @@ class ShapeContext:
 
 @dataclass(frozen=True)
 class Shaped:
-    """A shaped batch: rows for the raw table, plus what was set aside and why."""
+    """A shaped batch: rows for the raw table, plus what was set aside and why.
+
+    ``deleted`` holds the documents inside the window that the source marks deleted
+    (``isValid: false``, Nightscout's soft delete): they are neither rows nor rejects.
+    """
 
     rows: pl.DataFrame
     duplicates: pl.DataFrame
     rejects: pl.DataFrame
+    deleted: pl.DataFrame
 
 
 def empty_like(schema: pl.Schema) -> pl.DataFrame:
@@ -569,16 +579,20 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
     table = raw_table(table_name)
     if docs.height == 0:
         return Shaped(empty_like(table.polars_schema), empty_like(DUPLICATES_SCHEMA),
-                      empty_like(REJECTS_SCHEMA))
+                      empty_like(REJECTS_SCHEMA), empty_like(SOURCE_DELETED_SCHEMA))
     # One chunk per column (a client's pages, a file's row groups): gathering rows from
     # chunked columns, as ordering and de-duplicating do, is several times slower.
     docs = docs.rechunk().with_row_index(_ROW)
     # Lazy, so a sub-expression several columns share (a parsed sgv, the entry type) runs once.
-    typed = docs.lazy().select(pl.col(_ROW), *_SHAPERS[table.name](docs, ctx)).collect()
+    typed = docs.lazy().select(pl.col(_ROW), *_SHAPERS[table.name](docs, ctx),
+                               _soft_deleted(docs).alias("__deleted")).collect()
     inside = _inside(table, ctx)
-    keys = typed.select(_ROW, table.id_column, *_DEDUP_KEYS[table.name], inside.alias("__in"))
+    keys = typed.select(_ROW, table.id_column, *_DEDUP_KEYS[table.name], inside.alias("__in"),
+                        "__deleted")
     misplaced = typed[keys.filter(~pl.col("__in")).get_column(_ROW)]
-    kept, dupes = _deduplicate(keys.filter(pl.col("__in")), table)
+    deleted = keys.filter(pl.col("__in") & pl.col("__deleted")).select(
+        pl.col(table.id_column).alias("record_id"), pl.col(table.time_column).alias("event_at"))
+    kept, dupes = _deduplicate(keys.filter(pl.col("__in") & ~pl.col("__deleted")), table)
     rows = typed[kept]  # the one copy of the wide frame, in the table's order
     if table.name != "profile":
         rows = _local(rows, table.time_column, ctx.timezone)
@@ -587,7 +601,24 @@ def shape(table_name: str, docs: pl.DataFrame, ctx: ShapeContext) -> Shaped:
                          schema=REJECTS_SCHEMA)
     duplicates = _set_aside(typed[dupes.get_column(_ROW)].with_columns(dupes.drop(_ROW)), docs,
                             table, ctx, schema=DUPLICATES_SCHEMA)
-    return Shaped(rows.cast(table.polars_schema), duplicates, rejects)
+    return Shaped(rows.cast(table.polars_schema), duplicates, rejects,
+                  deleted.cast(SOURCE_DELETED_SCHEMA))
+
+
+def _soft_deleted(docs: pl.DataFrame) -> pl.Expr:
+    """Whether each document is soft-deleted at the source: its ``isValid`` is ``false``.
+
+    Nightscout's API v3 deletes by setting ``isValid: false`` (and ``srvModified``); its v1
+    ``find`` still returns such documents. The server tests ``isValid === false``; a batch
+    whose ``isValid`` values mix types is read as text, where JSON ``false`` becomes
+    ``"false"``, so that text counts too. Anything else (true, 0, missing) is live.
+    """
+    dtype = docs.schema.get("isValid")
+    if dtype == pl.Boolean():
+        return pl.col("isValid").eq(False).fill_null(False)
+    if dtype == pl.String():
+        return pl.col("isValid").eq("false").fill_null(False)
+    return pl.lit(False)
 
 
 def _lineage(ctx: ShapeContext) -> list[pl.Expr]:

@@ -226,6 +226,7 @@ INGEST_LOG_SCHEMA: Final = pl.Schema(
         "n_duplicates": pl.Int64(),
         "n_rejected": pl.Int64(),
         "n_committed": pl.Int64(),
+        "n_deleted": pl.Int64(),  # marked deleted at the source (isValid false): not landed
         "ingest_run_id": pl.String(),
         "ingested_at": pl.Datetime("us", "UTC"),
     }

@@ -1,11 +1,12 @@
 """Property: whatever a Nightscout server sends, every record is accounted for.
 
 Each generated document ends as exactly one of: a committed row, a recorded duplicate,
-or a recorded reject (with its reason) — never silently dropped, never an unhandled
-exception. A document holding bytes that are not UTF-8 is set aside with its reason and the
-rest are read. Bodies that are not a JSON array of documents (truncated, HTML with status
-200, non-UTF-8 bytes between documents, a ``NaN`` token, ...) fail the window with
-``NightscoutBadResponse``, and then nothing at all is committed to the branch.
+or a recorded reject (with its reason), or one the source marks deleted (``isValid: false``,
+counted) — never silently dropped, never an unhandled exception. A document holding bytes
+that are not UTF-8 is set aside with its reason and the rest are read. Bodies that are not a
+JSON array of documents (truncated, HTML with status 200, non-UTF-8 bytes between documents,
+a ``NaN`` token, ...) fail the window with ``NightscoutBadResponse``, and then nothing at all
+is committed to the branch.
 
 Documents are generated for entries, treatments and devicestatus with: missing fields,
 wrong types (lists and objects where numbers belong, and the other way round), strings for
@@ -88,10 +89,11 @@ _iso_times = st.one_of(
     _in_window_ms, _scalars,
 )
 _extra_fields = st.dictionaries(st.one_of(_text, _tricky_text), _values, max_size=2)
+_is_valid = st.one_of(st.booleans(), st.sampled_from(["false", 0]), _scalars)
 
 _ENTRY = st.fixed_dictionaries(
     {"date": _epoch_ms},
-    optional={"_id": _ids, "dateString": _iso_times,
+    optional={"_id": _ids, "dateString": _iso_times, "isValid": _is_valid,
               "type": st.one_of(st.sampled_from(["sgv", "mbg", "cal", "weird", "", "x" * 40]),
                                 _scalars),
               "sgv": _numbers, "mbg": _numbers, "noise": _numbers, "utcOffset": _numbers,
@@ -100,7 +102,7 @@ _ENTRY = st.fixed_dictionaries(
 )
 _TREATMENT = st.fixed_dictionaries(
     {"created_at": _iso_times},
-    optional={"_id": _ids, "date": _epoch_ms,
+    optional={"_id": _ids, "date": _epoch_ms, "isValid": _is_valid,
               "eventType": st.one_of(st.sampled_from(["Meal Bolus", "Temp Basal", "Note",
                                                       "Frobnicate", "", "E" * 80]), _scalars),
               "insulin": _numbers, "carbs": _numbers, "duration": _numbers,
@@ -109,7 +111,8 @@ _TREATMENT = st.fixed_dictionaries(
 _TIMESTAMPED = st.fixed_dictionaries({}, optional={"timestamp": _iso_times, "iob": _numbers})
 _STATUS = st.fixed_dictionaries(
     {"created_at": _iso_times},
-    optional={"_id": _ids, "device": st.one_of(st.sampled_from(["loop://iPhone", ""]), _scalars),
+    optional={"_id": _ids, "isValid": _is_valid,
+              "device": st.one_of(st.sampled_from(["loop://iPhone", ""]), _scalars),
               "mills": _epoch_ms,
               "uploader": st.one_of(st.fixed_dictionaries({"battery": _numbers}), _scalars),
               "uploaderBattery": _numbers,
@@ -190,7 +193,7 @@ def test_every_record_is_committed_duplicated_or_rejected(collection: str,
     shaped = shape(collection, frame, ctx)
     checked = check(collection, shaped.rows, ctx)
     outcomes = (checked.valid.height + checked.rejects.height + shaped.duplicates.height
-                + shaped.rejects.height)
+                + shaped.rejects.height + shaped.deleted.height)
     assert outcomes == len(docs)
     valid = checked.valid
     CONTRACTS[collection].validate(valid)  # what is accepted keeps the contract

@@ -157,3 +157,33 @@ def test_treatment_with_local_offset_lands_in_its_utc_window(
     assert day_one.tables["treatments"].rejected == 0  # not lost, not rejected: next window's
     assert day_two.tables["treatments"].committed == 1
     assert read_table(catalog, "raw.treatments").get_column("treatment_id").to_list() == ["t1"]
+
+
+def test_documents_deleted_at_the_source_are_counted_not_landed(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    docs = _entries(5, 0)
+    docs[1]["isValid"] = False  # Nightscout's soft delete, still returned by v1 find
+    docs[2]["isValid"] = 0  # only false is a deletion, on the server too
+    docs[3]["isValid"] = "true"
+    catalog = branches.catalog("main")
+    report = ingest_window(_client(docs), catalog, _ctx())
+    counts = report.tables["entries"]
+    assert (counts.fetched, counts.committed, counts.deleted) == (5, 4, 1)
+    assert "g1" not in read_table(catalog, "raw.entries").get_column("entry_id").to_list()
+    log = read_table(catalog, "audit.ingest_log").filter(pl.col("table_name") == "entries")
+    assert log.select("n_fetched", "n_committed", "n_deleted").row(0) == (5, 4, 1)
+    assert not catalog.table_exists("audit.rejects") or read_table(
+        catalog, "audit.rejects").height == 0
+
+
+def test_reingest_removes_a_document_deleted_at_the_source_since(
+    branches: EmbeddedBranchCatalog,
+) -> None:
+    catalog = branches.catalog("main")
+    docs = _entries(5, 0)
+    ingest_window(_client(docs), catalog, _ctx())  # landed while still live
+    docs[3]["isValid"] = False
+    ingest_window(_client(docs), catalog, _ctx())
+    ids = read_table(catalog, "raw.entries").get_column("entry_id").to_list()
+    assert sorted(ids) == ["g0", "g1", "g2", "g4"]

@@ -168,3 +168,27 @@ def test_unreadable_numbers_kept_under_uncast() -> None:
 def test_extra_is_empty_object_when_everything_is_modelled() -> None:
     docs = _docs([{"_id": "1", "type": "sgv", "sgv": 120, "date": T, "device": "g6"}])
     assert shape("entries", docs, CTX).rows.get_column("extra").to_list() == ["{}"]
+
+
+def test_soft_deleted_documents_are_set_apart_with_their_id_and_time() -> None:
+    docs = pl.DataFrame([
+        {"_id": "live", "type": "sgv", "sgv": 120, "date": 1_420_070_400_000, "isValid": True},
+        {"_id": "gone", "type": "sgv", "sgv": 121, "date": 1_420_070_700_000, "isValid": False},
+        {"_id": "plain", "type": "sgv", "sgv": 122, "date": 1_420_071_000_000, "isValid": None},
+    ])
+    shaped = shape("entries", docs, CTX)
+    assert shaped.rows.get_column("entry_id").to_list() == ["live", "plain"]
+    assert shaped.deleted.rows() == [("gone", datetime(2015, 1, 1, 0, 5, tzinfo=UTC))]
+    assert shaped.rejects.height == 0 and shaped.duplicates.height == 0
+
+
+def test_a_soft_deleted_twin_does_not_displace_the_live_reading() -> None:
+    at = 1_420_070_400_000
+    docs = pl.DataFrame([
+        {"_id": "a-deleted", "type": "sgv", "sgv": 120, "date": at, "device": "g6",
+         "isValid": False},
+        {"_id": "b-live", "type": "sgv", "sgv": 121, "date": at, "device": "g6"},
+    ])
+    shaped = shape("entries", docs, CTX)
+    assert shaped.rows.get_column("entry_id").to_list() == ["b-live"]
+    assert shaped.duplicates.height == 0
