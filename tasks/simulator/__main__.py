@@ -22,6 +22,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--secret", default=None, help="API secret every site requires")
     parser.add_argument("--token", default=None, help="access token every site accepts")
     parser.add_argument("--days", type=int, default=400, help="days of history (default 400)")
+    parser.add_argument("--no-v3", action="store_true",
+                        help="answer API v3 with 404, as a server before v3 does")
     parser.add_argument(
         "--now", default=None, help="fixed 'now' as ISO 8601 with offset (default: wall clock)"
     )
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = [s.strip() for s in args.sites.split(",") if s.strip()]
     sites = [default_site(i, api_secret=args.secret, token=args.token) for i in ids]
     now = datetime.fromisoformat(args.now) if args.now else None
-    server = SimulatorServer(sites, now=now, host=args.host, port=args.port, history_days=args.days)
+    server = SimulatorServer(sites, now=now, host=args.host, port=args.port,
+                             history_days=args.days, v3_enabled=not args.no_v3)
     for site in sites:
         print(
             f"site {site.site_id} ({site.timezone}, {site.device}): {server.url_for(site.site_id)}"

@@ -1,4 +1,4 @@
-"""A local HTTP server speaking Nightscout's v1 API over simulated sites.
+"""A local HTTP server speaking Nightscout's v1 API (and v3, see ``v3.py``) over simulated sites.
 
 One server hosts many sites under a path prefix (``/a/api/v1/...``); the first site is also
 served at the root (``/api/v1/...``). Query semantics follow Nightscout v1: ``find[...]``
@@ -6,6 +6,8 @@ filters with ``$gte/$gt/$lte/$lt/$ne``, numeric ``date`` on entries, string ``cr
 treatments and devicestatus, default ``count`` (10 entries/devicestatus, 100 treatments or 1000
 with a ``find``), newest first, and a silent 4-day window when no date filter is given.
 Days are generated lazily and kept, pre-serialised, in an LRU cache per (site, day, collection).
+Documents changed after generation (edits, deletions, late uploads: ``SiteChanges``) are laid
+over the days they touch, so v1 reads see them as Nightscout would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tasks.simulator import hostile
+from tasks.simulator.changes import SiteChanges
 from tasks.simulator.generate import (
     Document,
     SiteConfig,
@@ -38,6 +41,7 @@ from tasks.simulator.generate import (
     generate_collection,
     generate_profiles,
 )
+from tasks.simulator.v3 import Answer, JwtIssuer, V3Api
 
 __all__ = ["Fault", "SimulatorServer", "start_simulator"]
 
@@ -181,7 +185,11 @@ class _Query:
 @lru_cache(maxsize=1500)
 def _day_index(site: SiteConfig, ordinal: int, collection: str) -> _Index:
     """Generate, sort (time, then _id) and serialise one (site, day, collection), once."""
-    docs = generate_collection(site, date.fromordinal(ordinal), collection)
+    return _index_of(generate_collection(site, date.fromordinal(ordinal), collection), collection)
+
+
+def _index_of(docs: list[Document], collection: str) -> _Index:
+    """Sort (time, then _id) and serialise one day's documents of ``collection``."""
     text = None
     if collection == "entries":
         ms = np.array([d["date"] for d in docs], dtype=np.int64)
@@ -191,7 +199,8 @@ def _day_index(site: SiteConfig, ordinal: int, collection: str) -> _Index:
         ms = stamps.astype(np.int64)
     order = np.lexsort((np.array([d["_id"] for d in docs], dtype=str), ms))
     docs = [docs[i] for i in order.tolist()]
-    types = np.array([d["type"] for d in docs], dtype=str) if collection == "entries" else None
+    types = (np.array([d.get("type", "") for d in docs], dtype=str) if collection == "entries"
+             else None)
     blob, starts, ends = _pack([_dumps(d) for d in docs])
     return _Index(ms[order], None if text is None else text[order], types, blob, starts, ends)
 
@@ -376,8 +385,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Answer one GET through the simulator, applying any injected fault."""
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        """A write (API v3, or v1 uploads)."""
+        self._answer("POST")
+
+    def do_PATCH(self) -> None:
+        """An API v3 PATCH."""
+        self._answer("PATCH")
+
+    def do_DELETE(self) -> None:
+        """An API v3 or v1 DELETE."""
+        self._answer("DELETE")
+
+    def _answer(self, method: str) -> None:
         parts = urlsplit(self.path)
-        response = self.server.simulator.respond(parts.path, parts.query, self.headers)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        response = self.server.simulator.respond(parts.path, parts.query, self.headers,
+                                                 method=method, body=body)
         try:
             if response.chunks is not None or response.trickle_s:
                 self._write_slowly(response)
@@ -439,6 +466,8 @@ class SimulatorServer:
         host, port: where to listen (port 0 picks a free port).
         history_days: data starts this many days before ``now``.
         auth_fail_delay_s: delay per failed auth (Nightscout uses 5 s; 0 keeps tests fast).
+        v3_enabled: serve API v3 (False: 404, as a server before v3 does).
+        jwt_lifetime_s: how long a v3 JWT lasts (8 h on Nightscout).
     """
 
     sites: list[SiteConfig]
@@ -448,6 +477,8 @@ class SimulatorServer:
     history_days: int = 400
     auth_fail_delay_s: float = 0.0
     page_cap: int | None = None  # answer at most this many documents, whatever count asks
+    v3_enabled: bool = True
+    jwt_lifetime_s: float = 8 * 3600
     request_log: list[tuple[str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -464,6 +495,7 @@ class SimulatorServer:
         self._http = _HTTPServer((self.host, self.port), _Handler)
         self._http.simulator = self
         self.port = int(self._http.server_address[1])
+        self._init_changes()
 
     # -- lifecycle
 
@@ -560,13 +592,16 @@ class SimulatorServer:
 
     # -- request handling
 
-    def respond(self, path: str, query: str, headers: Any) -> _Response:
-        """The full answer to ``GET path?query``, faults applied, logged."""
+    def respond(self, path: str, query: str, headers: Any, *, method: str = "GET",
+                body: bytes = b"") -> _Response:
+        """The full answer to ``method path?query``, faults applied, logged."""
         site, site_path = self._resolve_site(path)
         fault = self._take_fault(path, site_path)
         if fault is not None and fault.delay_s > 0:
             time.sleep(fault.delay_s)
         response = self._fault_response(fault)
+        if response is None and site is not None and self.v3.handles(site_path, method):
+            response = self._answer_v3(site, method, site_path, query, headers, body)
         if response is None:
             response = self._answer(site, site_path, query, headers)
             if fault is not None and fault.reset:
@@ -630,7 +665,7 @@ class SimulatorServer:
     def _fragments(self, site: SiteConfig, q: _Query, first: int, last: int) -> Iterator[bytes]:
         remaining = q.count
         for ordinal in range(last, first - 1, -1):
-            found, count = _day_matches(_day_index(site, ordinal, q.collection), q, remaining)
+            found, count = _day_matches(self._index(site, ordinal, q.collection), q, remaining)
             yield from found
             remaining -= count
             if remaining <= 0:
@@ -639,8 +674,9 @@ class SimulatorServer:
     def _profiles(self, site: SiteConfig) -> list[Document]:
         now = self.current_time()
         docs = generate_profiles(site, self.first_day, now.astimezone(UTC).date())
+        docs = self._changes[site.site_id].merge_all("profile", docs)
         limit = int(now.timestamp() * 1000)
-        return [d for d in docs if d["mills"] <= limit]
+        return [d for d in docs if d.get("mills", 0) <= limit]
 
     def _status(self, site: SiteConfig) -> Document:
         now = self.current_time().astimezone(UTC)
@@ -664,6 +700,63 @@ class SimulatorServer:
             "extendedSettings": {"devicestatus": {"advanced": True}},
             "authorized": None,
         }
+
+
+    # -- changes after generation (edits, deletions, late documents) and API v3
+
+    def _init_changes(self) -> None:
+        self._changes = {s.site_id: SiteChanges(self._clock_ms) for s in self.sites}
+        self._merged: dict[tuple[str, int, str], tuple[int, _Index]] = {}
+        self.v3 = V3Api(self._changes, self._clock_ms,
+                        JwtIssuer(hashlib.sha256(f"jwt-{self.port}".encode()).digest(),
+                                  self.jwt_lifetime_s),
+                        enabled=self.v3_enabled)
+
+    def _clock_ms(self) -> int:
+        return int(self.current_time().timestamp() * 1000)
+
+    def changes(self, site_id: str) -> SiteChanges:
+        """The change store of ``site_id``: edit, soft-delete, delete or add documents there
+        (through v3, with ``srvModified``, or as v1 uploads without it)."""
+        self.url_for(site_id)  # a clear KeyError for an unknown site
+        return self._changes[site_id]
+
+    def documents(self, site_id: str, collection: str, day: date) -> list[Document]:
+        """The documents of ``collection`` for UTC ``day`` as v1 returns them now, oldest
+        first (soft-deleted ones included): pick the ones to change from here."""
+        site = self._by_id[site_id]
+        ordinal = day.toordinal()
+        generated = generate_collection(site, day, collection)
+        merged = self._changes[site_id].merge_day(collection, ordinal, generated)
+        return sorted(merged, key=lambda d: (_doc_time(collection, d), d["_id"]))
+
+    def _index(self, site: SiteConfig, ordinal: int, collection: str) -> _Index:
+        """The day's index, with the site's changes laid over it when it has any."""
+        changes = self._changes[site.site_id]
+        if ordinal not in changes.touched_days(collection):
+            return _day_index(site, ordinal, collection)
+        key = (site.site_id, ordinal, collection)
+        with self._lock:
+            cached = self._merged.get(key)
+        if cached is not None and cached[0] == changes.version:
+            return cached[1]
+        version = changes.version
+        docs = changes.merge_day(collection, ordinal,
+                                 generate_collection(site, date.fromordinal(ordinal), collection))
+        index = _index_of(docs, collection)
+        with self._lock:
+            self._merged[key] = (version, index)
+        return index
+
+    def _answer_v3(self, site: SiteConfig, method: str, site_path: str, query: str,
+                   headers: Any, body: bytes) -> _Response:
+        answer: Answer = self.v3.answer(site, method, site_path, query, headers, body,
+                                        _authorised(site, headers, query))
+        if answer.status == 401 and self.auth_fail_delay_s:
+            time.sleep(self.auth_fail_delay_s)
+        if answer.body is None:
+            return _not_found(site_path)
+        return _Response(answer.status, _dumps(answer.body), headers=answer.headers)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -699,6 +792,10 @@ def _hostile(fault: Fault | None, response: _Response, path: str, query: str,
 def _chain(*parts: Iterator[bytes]) -> Iterator[bytes]:
     for part in parts:
         yield from part
+
+
+def _doc_time(collection: str, doc: Document) -> Any:
+    return doc["date"] if collection == "entries" else doc["created_at"]
 
 
 def _join(fragments: Iterator[bytes]) -> bytes:
