@@ -7,8 +7,10 @@
     │   ├── NightscoutNotFound                    404: wrong URL or API path
     │   ├── NightscoutUnavailable                 429/5xx/timeouts/deadline past the retry budget
     │   ├── NightscoutRedirected                  3xx: the site moved (its Location is named)
-    │   └── NightscoutBadResponse(…, ValueError)  a body that is not the JSON we expect
-    │       └── NightscoutTooLarge                over the size cap even for one document
+    │   ├── NightscoutBadResponse(…, ValueError)  a body that is not the JSON we expect
+    │   │   └── NightscoutTooLarge                over the size cap even for one document
+    │   └── NightscoutFeedUnavailable             no API v3 change feed to read (no v3,
+    │                                             no token, no read permission)
     ├── ContractError                             too many rows broke a table's contract
     ├── BranchError                               a branch/tag operation is not possible
     │   ├── BranchNotFound(BranchError, LookupError)
@@ -42,6 +44,7 @@ __all__ = [
     "NightscoutAuthError",
     "NightscoutBadResponse",
     "NightscoutError",
+    "NightscoutFeedUnavailable",
     "NightscoutNotFound",
     "NightscoutRedirected",
     "NightscoutTooLarge",
@@ -97,6 +100,12 @@ class NightscoutBadResponse(NightscoutError, ValueError):
 
 class NightscoutTooLarge(NightscoutBadResponse):
     """An answer stayed over the size cap even when asked for the fewest documents."""
+
+
+class NightscoutFeedUnavailable(NightscoutError):
+    """The site offers no API v3 change feed Cascade may read: the server predates v3, no
+    access token is configured, or the token's roles do not allow reading a collection.
+    Not fatal: the reconcile window finds edits and deletions by time instead."""
 
 
 class ContractError(CascadeError):

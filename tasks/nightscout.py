@@ -64,7 +64,7 @@ from tasks.redaction import redact_bytes, sanitize_url
 from tasks.settings import NightscoutSettings
 
 __all__ = ["COLLECTIONS", "Collection", "Fetched", "NightscoutClient", "RetryPolicy",
-           "sanitize_url"]
+           "retry_after_seconds", "sanitize_url", "tls_context"]
 
 logger = logging.getLogger("cascade.nightscout")
 
@@ -350,7 +350,7 @@ class NightscoutClient:
                         return read_body(response, self.limits, at), where, kind
                     self._refuse(response, where, at)
                     problem = f"HTTP {response.status_code}"
-                    retry_after = _retry_after(response)
+                    retry_after = retry_after_seconds(response)
             except DeadlineExceeded:
                 problem = self._late()
             except httpx.TimeoutException as exc:  # a read cut at the deadline, or its own
@@ -421,7 +421,8 @@ def _raise_for_client_error(status: int, text: str, where: str) -> None:
         raise NightscoutError(f"Nightscout answered {status} for {where}: {text[:200]!r}")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Seconds a response's ``Retry-After`` asks to wait (a number or an HTTP date)."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
