@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import reduce
 from typing import Final
 
 import polars as pl
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import And, EqualTo, In, Reference
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or, Reference
 from pyiceberg.expressions.literals import literal
 
 from tasks.changes import change_rows, record_changes
@@ -27,10 +28,25 @@ from tasks.days import DayRange
 from tasks.errors import CascadeError, ContractError, ServiceUnavailable, unreachable
 from tasks.faults import fault_point
 from tasks.lakehouse import read_table, replace_rows, site_window
+from tasks.landing import (
+    Removal,
+    changed_days,
+    commit_deletions,
+    days_where,
+    lake_rows,
+    removed_rows,
+)
 from tasks.nightscout import COLLECTIONS, NightscoutClient
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, profile_timezone, shape, unreadable_rejects
-from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA, RAW_TABLES, RawTable, raw_layout
+from tasks.tables import (
+    AUDIT_TABLES,
+    INGEST_LOG_SCHEMA,
+    RAW_TABLES,
+    RawTable,
+    TableLayout,
+    raw_layout,
+)
 
 PROFILE_TABLE: Final = RAW_TABLES["profile"].identifier
 
@@ -59,6 +75,8 @@ class TableCounts:
     rejected: int
     committed: int
     deleted: int = 0
+    removed: int = 0  # rows the lake held that this window took out (audit.deletions)
+    days_landed: int = 0  # UTC days written (a reconcile writes only the changed ones)
 
 
 @dataclass
@@ -70,6 +88,7 @@ class WindowReport:
     end: datetime
     run_id: str
     tables: dict[str, TableCounts] = field(default_factory=dict)
+    requests: int = 0  # HTTP requests made to the source for this window
 
     @property
     def committed(self) -> int:
@@ -80,6 +99,7 @@ class WindowReport:
         parts = [
             f"{name}: fetched {c.fetched}, duplicates {c.duplicates}, rejected {c.rejected}, "
             f"committed {c.committed}" + (f", deleted at source {c.deleted}" if c.deleted else "")
+            + (f", removed from the lake {c.removed}" if c.removed else "")
             for name, c in self.tables.items()
         ]
         return f"{self.start.date()}..{self.end.date()} site={self.site_id} " + "; ".join(parts)
@@ -101,8 +121,15 @@ def ingest_window(
     ctx: ShapeContext,
     max_reject_ratio: float = 0.05,
     tables: tuple[str, ...] = WINDOW_TABLES,
+    *,
+    only_changes: bool = False,
 ) -> WindowReport:
     """Ingest ``[ctx.window_start, ctx.window_end)`` of every table in ``tables``.
+
+    Rows the lake held for the window and no longer gets (deleted at the source, now
+    rejected, gone) are recorded in ``audit.deletions`` as they are replaced. With
+    ``only_changes`` (a reconcile), only the UTC days whose rows or counts differ from the
+    lake are written; a window that matches the lake writes nothing.
 
     Raises:
         NightscoutError: the source failed; nothing was written for this window.
@@ -114,22 +141,84 @@ def ingest_window(
     if breaches:
         _commit_audit(catalog, prepared, ctx)
         raise ContractError(" | ".join(breaches))
+    landings = [_landing(catalog, p, ctx, only_changes) for p in prepared]  # before writing
     report = WindowReport(ctx.site_id, ctx.window_start, ctx.window_end, ctx.run_id)
-    days: list[date | None] = list(_days(ctx).get_column("window_date"))
-    record_changes(catalog, change_rows(ctx.site_id, [p.table.name for p in prepared], days,
-                                        "ingest", ctx.run_id, ctx.ingested_at))
-    for p in prepared:
-        layout = raw_layout(p.table)
-        replace_rows(catalog, layout, p.rows,
-                     site_window(layout, ctx.site_id, ctx.window_start, ctx.window_end))
-        fault_point("ingest-mid-commit")
+    record_changes(catalog, _changed(prepared, landings, ctx, only_changes))  # before raw
+    for p, land in zip(prepared, landings, strict=True):
+        if land.days:
+            commit_deletions(catalog, land.removed, ctx.site_id, ctx.run_id)
+            replace_rows(catalog, land.layout, land.rows, land.where(ctx))
+            fault_point("ingest-mid-commit")
         report.tables[p.table.name] = TableCounts(
             fetched=p.rows.height + p.duplicates.height + p.rejects.height + p.deleted.height,
             duplicates=p.duplicates.height, rejected=p.rejects.height, committed=p.rows.height,
-            deleted=p.deleted.height,
+            deleted=p.deleted.height, removed=land.removed.height, days_landed=len(land.days),
         )
-    _commit_audit(catalog, prepared, ctx)
+    if any(land.days for land in landings):
+        _commit_audit(catalog, prepared, ctx, landings)
     return report
+
+
+def _changed(prepared: list[_Prepared], landings: list[_Landing], ctx: ShapeContext,
+             only_changes: bool) -> pl.DataFrame:
+    """The (site, raw table, UTC day) partitions the window is about to change, for the
+    incremental build: per table, the days it lands (a reconcile: only those that differ
+    from the lake). A row leaving the lake (a deletion, a time moved out of its day) is
+    among its day's rows, so its day is one of them."""
+    source = "reconcile" if only_changes else "ingest"
+    frames = [change_rows(ctx.site_id, [p.table.name], list[date | None](sorted(land.days)),
+                          source, ctx.run_id, ctx.ingested_at)
+              for p, land in zip(prepared, landings, strict=True) if land.days]
+    return pl.concat(frames) if frames else change_rows(ctx.site_id, [], [], source, ctx.run_id)
+
+
+def _before(catalog: Catalog, layout: TableLayout, p: _Prepared, ctx: ShapeContext, *,
+            whole_rows: bool) -> pl.DataFrame:
+    """The lake's rows of the window: all of them to compare (a reconcile), else only those
+    whose id the window no longer has (read by id and time first, which is cheap)."""
+    args = (catalog, layout, ctx.site_id, ctx.window_start, ctx.window_end)
+    if whole_rows:
+        return lake_rows(*args)
+    ids = lake_rows(*args, columns=(p.table.id_column,)).get_column(p.table.id_column)
+    gone = ids.filter(~ids.is_in(p.rows.get_column(p.table.id_column).implode()))
+    if gone.len() == 0:
+        return pl.DataFrame(schema=layout.schema)
+    return lake_rows(*args).filter(pl.col(p.table.id_column).is_in(gone.implode()))
+
+
+@dataclass(frozen=True)
+class _Landing:
+    """What one table of a window writes: its rows of ``days``, replacing the lake's,
+    and the lake rows that leave with them. ``whole`` replaces the window as one range."""
+
+    layout: TableLayout
+    days: frozenset[date]
+    rows: pl.DataFrame
+    removed: pl.DataFrame
+    whole: bool
+
+    def where(self, ctx: ShapeContext) -> BooleanExpression:
+        if self.whole:
+            return site_window(self.layout, ctx.site_id, ctx.window_start, ctx.window_end)
+        return days_where(self.layout, ctx.site_id, set(self.days), as_time=True)
+
+
+def _landing(catalog: Catalog, p: _Prepared, ctx: ShapeContext, only_changes: bool) -> _Landing:
+    layout = raw_layout(p.table)
+    window = set(_days(ctx).get_column("window_date").to_list())
+    before = _before(catalog, layout, p, ctx, whole_rows=only_changes)
+    days = window
+    if only_changes:
+        log = lake_rows(catalog, AUDIT_TABLES["ingest_log"], ctx.site_id,
+                        ctx.window_start.date(), _last_day(ctx) + timedelta(days=1),
+                        ).filter(pl.col("table_name") == p.table.name)
+        days = window & changed_days(p.table, before, p.rows, log, p.log)
+    why = Removal(p.deleted.get_column("record_id"), p.rejects.get_column("record_id"),
+                  p.duplicates.get_column("record_id"))
+    removed = removed_rows(p.table, before, p.rows, why, days, ctx)
+    rows = p.rows if days == window else p.rows.filter(
+        pl.col(p.table.time_column).dt.date().is_in(sorted(days)))
+    return _Landing(layout, frozenset(days), rows, removed, whole=days == window)
 
 
 def _prepare(table: RawTable, client: NightscoutClient, ctx: ShapeContext) -> _Prepared:
@@ -237,17 +326,30 @@ def _breaches(prepared: list[_Prepared], max_ratio: float) -> list[str]:
     return out
 
 
-def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext) -> None:
-    """Replace the window's audit rows (rejects, duplicates, then the log) for these tables."""
+def _commit_audit(catalog: Catalog, prepared: list[_Prepared], ctx: ShapeContext,
+                  landings: list[_Landing] | None = None) -> None:
+    """Replace the audit rows (rejects, duplicates, then the log) of the landed days of
+    these tables: the whole window, or a reconcile's changed days."""
     start = ctx.window_start.date()
     end = _last_day(ctx) + timedelta(days=1)
-    names = [p.table.name for p in prepared]
+    whole = landings is None or all(land.whole for land in landings)
     for key, attr in (("rejects", "rejects"), ("duplicates", "duplicates"),
                       ("ingest_log", "log")):
         layout = AUDIT_TABLES[key]
-        rows = pl.concat([getattr(p, attr) for p in prepared])
-        where = And(site_window(layout, ctx.site_id, start, end),
-                    In(term=Reference("table_name"), values={literal(n) for n in names}))
+        where: BooleanExpression
+        if whole:
+            rows = pl.concat([getattr(p, attr) for p in prepared])
+            names = {literal(p.table.name) for p in prepared}
+            where = And(site_window(layout, ctx.site_id, start, end),
+                        In(term=Reference("table_name"), values=names))
+        else:
+            assert landings is not None
+            landed = [(p, land) for p, land in zip(prepared, landings, strict=True) if land.days]
+            rows = pl.concat([getattr(p, attr).filter(
+                pl.col("window_date").is_in(sorted(land.days))) for p, land in landed])
+            where = reduce(lambda a, b: Or(a, b), [
+                days_where(layout, ctx.site_id, set(land.days), as_time=False,
+                           table_name=p.table.name) for p, land in landed])
         replace_rows(catalog, layout, rows, where)
 
 
@@ -258,6 +360,12 @@ def ingest_profiles(client: NightscoutClient, catalog: Catalog, ctx: ShapeContex
     shaped = shape(table.name, fetched.frame, ctx)
     checked = check(table.name, shaped.rows, ctx)
     layout = raw_layout(table)
+    before = lake_rows(catalog, layout, ctx.site_id, None, None)
+    why = Removal(shaped.deleted.get_column("record_id"), checked.rejects.get_column("record_id"),
+                  shaped.duplicates.get_column("record_id"))
+    days = set(before.get_column(table.time_column).dt.date().drop_nulls().to_list())
+    commit_deletions(catalog, removed_rows(table, before, checked.valid, why, days, ctx),
+                     ctx.site_id, ctx.run_id)
     replace_rows(catalog, layout, checked.valid, site_window(layout, ctx.site_id))
     audit = AUDIT_TABLES["rejects"]
     rejects = pl.concat([shaped.rejects, checked.rejects,
@@ -366,7 +474,29 @@ def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch:
             report = ingest_window(client, catalog,
                                    window_context(source, timezone, days, run_id),
                                    max_reject_ratio)
+            report.requests = client.requests_made
     get_run_logger().info("%s → %s", report.line(), branch)
+    return report
+
+
+@task(name="reconcile-window", retries=2, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=lambda task, run, state: _retryable(state),
+      task_run_name="reconcile {days} site={source.site_id}", cache_policy=NO_CACHE)
+def reconcile_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
+                          days: DayRange, tables: tuple[str, ...], timezone: str, run_id: str,
+                          max_reject_ratio: float = 0.05) -> WindowReport:
+    """Re-read UTC ``days`` of one site by time and land, on ``branch``, only the days that
+    differ from it (a change feed's or the reconcile window's days)."""
+    with _lakehouse_reachable(lakehouse, f"reconcile {days} site={source.site_id}"):
+        catalog = lakehouse.branches.catalog(branch)
+        with NightscoutClient(source) as client:
+            report = ingest_window(client, catalog,
+                                   window_context(source, timezone, days, run_id),
+                                   max_reject_ratio, tables, only_changes=True)
+            report.requests = client.requests_made
+    landed = sum(c.days_landed for c in report.tables.values())
+    get_run_logger().info("reconcile %s: %d table-days differ and landed → %s", report.line(),
+                          landed, branch)
     return report
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "BUILD_LOG",
     "CHANGES",
     "CHANGES_SCHEMA",
+    "CHANGE_CURSOR_SCHEMA",
+    "DELETIONS_SCHEMA",
     "DUPLICATES_SCHEMA",
     "INGEST_LOG_SCHEMA",
     "INGEST_LOG_TABLE",
@@ -233,10 +235,42 @@ INGEST_LOG_SCHEMA: Final = pl.Schema(
 )
 
 
+# audit.deletions: rows a run removed from raw (see tasks/landing.py), one per table, id and run
+DELETIONS_SCHEMA: Final = pl.Schema(
+    {
+        "table_name": pl.String(),
+        "site_id": pl.String(),
+        "record_id": pl.String(),
+        "event_at": _UTC,  # the removed row's time
+        "local_date": pl.Date(),  # and its local day: the mart day that changes
+        "reason": pl.String(),
+        "payload": pl.String(),  # the removed row as JSON, its lineage included
+        "window_date": pl.Date(),  # UTC day of event_at
+        "ingest_run_id": pl.String(),  # the run that removed it
+        "removed_at": _UTC,
+    }
+)
+
+# audit.change_cursor: per site and collection, the newest API v3 srvModified landed (see
+# tasks/change_feed.py); it reaches main only with a promote
+CHANGE_CURSOR_SCHEMA: Final = pl.Schema(
+    {
+        "site_id": pl.String(),
+        "collection": pl.String(),
+        "cursor_ms": pl.Int64(),
+        "n_changes": pl.Int64(),
+        "status": pl.String(),
+        "ingest_run_id": pl.String(),
+        "updated_at": _UTC,
+    }
+)
+
 AUDIT_TABLES: Final[dict[str, TableLayout]] = {
     "rejects": TableLayout("audit.rejects", REJECTS_SCHEMA, None, "window_date"),
     "duplicates": TableLayout("audit.duplicates", DUPLICATES_SCHEMA, None, "window_date"),
     "ingest_log": TableLayout("audit.ingest_log", INGEST_LOG_SCHEMA, None, "window_date"),
+    "deletions": TableLayout("audit.deletions", DELETIONS_SCHEMA, None, "window_date"),
+    "change_cursor": TableLayout("audit.change_cursor", CHANGE_CURSOR_SCHEMA, None, ""),
 }
 
 INGEST_LOG_TABLE: Final = AUDIT_TABLES["ingest_log"].identifier
