@@ -19,7 +19,8 @@ from datetime import date, timedelta
 
 from tasks.ingest import WINDOW_TABLES
 
-__all__ = ["ReconcileWindow", "days_between", "plan_windows", "trailing_days"]
+__all__ = ["ReconcileWindow", "days_between", "plan_daily_windows", "plan_windows",
+           "trailing_days"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,13 @@ def plan_windows(site_id: str, days: dict[str, set[date] | frozenset[date]],
         else:
             windows.append(ReconcileWindow(site_id, day, day + timedelta(days=1), tables))
     return windows
+
+
+def plan_daily_windows(site_id: str, own_days: set[date], feed_days: dict[str, frozenset[date]],
+                       reconcile_days: int, max_days: int = 30) -> list[ReconcileWindow]:
+    """A ``daily``'s reconcile windows for one site: the ``reconcile_days`` UTC days before
+    its own days (every table) and the days the change feed named (their tables), less the
+    days the daily ingests anyway."""
+    trailing = trailing_days(min(own_days), reconcile_days) if own_days else set()
+    days = {t: (set(feed_days.get(t, ())) | trailing) - own_days for t in WINDOW_TABLES}
+    return plan_windows(site_id, {t: d for t, d in days.items() if d}, max_days)

@@ -19,7 +19,7 @@ from tasks.change_feed import (
     start_cursors,
 )
 from tasks.nightscout_v3 import NightscoutV3Client
-from tasks.reconcile import ReconcileWindow, plan_windows, trailing_days
+from tasks.reconcile import ReconcileWindow, plan_daily_windows, plan_windows, trailing_days
 from tasks.settings import NightscoutSettings
 from tasks.simulator import SimulatorServer, default_site
 
@@ -124,3 +124,15 @@ def test_reconcile_windows_group_consecutive_days_needing_the_same_tables() -> N
                         ("entries", "treatments", "devicestatus")),
     ]
     assert trailing_days(date(2024, 5, 10), 2) == {date(2024, 5, 9), date(2024, 5, 8)}
+
+
+def test_a_daily_reconciles_the_days_before_its_own_and_the_feed_days() -> None:
+    own = {date(2024, 5, 30), date(2024, 5, 31), date(2024, 6, 1)}
+    feed = {"treatments": frozenset({date(2024, 4, 1), date(2024, 5, 31)})}
+    windows = plan_daily_windows("a", own, feed, reconcile_days=3)
+    assert windows == [
+        ReconcileWindow("a", date(2024, 4, 1), date(2024, 4, 2), ("treatments",)),
+        ReconcileWindow("a", date(2024, 5, 27), date(2024, 5, 30),
+                        ("entries", "treatments", "devicestatus")),
+    ]
+    assert plan_daily_windows("a", own, {}, reconcile_days=0) == []
