@@ -141,6 +141,18 @@ def _flow_command(args: argparse.Namespace) -> int:
         from flows.pipeline import daily
 
         _print_run(daily(day=args.day, sites=args.sites or None, units=args.units,
+                         reconcile_days=args.reconcile_days,
+                         change_feed=not args.no_change_feed, dbt_node_tasks=not args.plain_dbt,
+                         full_refresh=args.full_refresh))
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from flows.reconcile import reconcile
+
+    _print_run(reconcile(start=args.start, end=args.end, sites=args.sites or None,
+                         chunk_days=args.chunk_days, max_concurrency=args.max_concurrency,
+                         dbt_node_tasks=not args.plain_dbt, units=args.units,
                          full_refresh=args.full_refresh))
     return 0
 
@@ -151,6 +163,8 @@ def _print_ingested(ingested: IngestResult) -> None:
     for name, counts in ingested.tables.items():
         print(f"  raw.{name:<13} committed {counts.committed:>8,}  duplicates "
               f"{counts.duplicates:>6,}  rejected {counts.rejected:>5,}")
+    if ingested.changes is not None:
+        print(f"  {ingested.changes.line()}")
 
 
 def _print_published(published: PublishResult) -> None:
@@ -338,8 +352,28 @@ def _parser() -> argparse.ArgumentParser:
     dly.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
                      help="a nightscout-site block; repeat for several sites on one branch")
     _units_option(dly)
+    dly.add_argument("--reconcile-days", type=int, default=14,
+                     help="UTC days before the daily's own re-read for edits and deletions "
+                          "the change feed cannot see (default 14; 0: none)")
+    dly.add_argument("--no-change-feed", action="store_true",
+                     help="do not read the sites' API v3 change feeds")
+    dly.add_argument("--plain-dbt", action="store_true",
+                     help="run dbt plainly instead of one Prefect task per dbt node")
     dly.add_argument("--full-refresh", action="store_true", help=_FULL_REFRESH)
     dly.set_defaults(run=_flow_command)
+    rec = sub.add_parser("reconcile", help="re-read a UTC day range and land what differs "
+                                           "(edits and deletions of any age)")
+    rec.add_argument("start", type=date.fromisoformat)
+    rec.add_argument("end", type=date.fromisoformat)
+    rec.add_argument("--site", dest="sites", action="append", metavar="BLOCK",
+                     help="a nightscout-site block; repeat for several sites on one branch")
+    rec.add_argument("--chunk-days", type=int, default=30)
+    rec.add_argument("--max-concurrency", type=int, default=2)
+    rec.add_argument("--plain-dbt", action="store_true",
+                     help="run dbt plainly instead of one Prefect task per dbt node")
+    _units_option(rec)
+    rec.add_argument("--full-refresh", action="store_true", help=_FULL_REFRESH)
+    rec.set_defaults(run=_reconcile)
     reset = sub.add_parser("reset", help="point a branch (main) at a tag: undo a promote")
     reset.add_argument("branch")
     reset.add_argument("to_ref")

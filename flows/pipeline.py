@@ -22,6 +22,7 @@ from flows.publish import publish
 from flows.validate import validate
 from tasks import timeouts
 from tasks.branches import MAIN
+from tasks.change_feed import commit_cursors_task, start_feed_task
 from tasks.days import DayRange
 from tasks.errors import BranchConflict, ConfigError
 from tasks.fanout import (
@@ -34,6 +35,7 @@ from tasks.fanout import (
     run_name,
 )
 from tasks.profile import Lakehouse, current_profile
+from tasks.reconcile import WindowPlanner, land_changes, plan_daily_windows
 from tasks.report import chain_summary_task
 from tasks.results import IngestResult, RunResult
 
@@ -60,6 +62,7 @@ def backfill(
     dbt_node_tasks: bool = True,
     fan_out: FanOut = "tasks",
     units: str | None = None,
+    change_feed: bool = True,
     full_refresh: bool = False,
 ) -> RunResult:
     """Ingest the inclusive UTC day range ``[start, end]`` onto a run branch, then build,
@@ -86,6 +89,8 @@ def backfill(
             site by the global concurrency limit ``nightscout-<site id>``).
         units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
             unit (from its Nightscout profile).
+        change_feed: start each site's API v3 change-feed cursor, when it has none, at
+            the server's clock (``daily`` then follows edits and deletions from there).
         full_refresh: rebuild every model whole (default: only what the run changed).
     """
     lakehouse = current_profile().lakehouse
@@ -96,7 +101,12 @@ def backfill(
                       max_reject_ratio=max_reject_ratio, fan_out=fan_out)
 
     def ingest(target: str | None) -> IngestResult:
-        return ingest_partitions(lakehouse, chosen, plan, target)
+        ingested = ingest_partitions(lakehouse, chosen, plan, target)
+        if change_feed:
+            for one in chosen:
+                started = start_feed_task(lakehouse, one.source, ingested.branch)
+                commit_cursors_task(lakehouse, ingested.branch, started, ingested.run_id)
+        return ingested
 
     ingested = ingest(branch)
     if not promote_to_main:
@@ -150,10 +160,14 @@ def _write_audit_publish(
 def daily(day: date | None = None, site: NightscoutSite | None = None,
           site_block: str | None = None, sites: list[str] | None = None,
           max_reject_ratio: float = 0.05, dbt_node_tasks: bool = True,
-          units: str | None = None, full_refresh: bool = False) -> RunResult:
-    """Ingest, build, validate, promote and publish one local day (default: yesterday).
+          units: str | None = None, reconcile_days: int = 14,
+          change_feed: bool = True, full_refresh: bool = False) -> RunResult:
+    """Ingest, build, validate, promote and publish one local day (default: yesterday),
+    with the edits and deletions made since the last run.
 
-    A local day spans two UTC days, so the UTC days around it are (re-)ingested.
+    A local day spans two UTC days, so the UTC days around it are (re-)ingested. Then the
+    days each site's API v3 change feed names (however old) and the ``reconcile_days`` UTC
+    days before are re-read by time, and each day that differs from the lake lands.
 
     Args:
         day: the local day; default yesterday in each site's timezone.
@@ -165,6 +179,9 @@ def daily(day: date | None = None, site: NightscoutSite | None = None,
         dbt_node_tasks: one Prefect task run per dbt node (False: plain, faster dbt).
         units: ``mg/dL`` or ``mmol/L`` for every site's report instead of the site's own
             unit (from its Nightscout profile).
+        reconcile_days: UTC days before the daily's own re-read by time for what the
+            change feed cannot see (v1 uploads and edits, permanent deletes); 0: none.
+        change_feed: follow each site's API v3 change feed from its cursor.
         full_refresh: rebuild every model whole (default: only what the run changed).
     """
     lakehouse = current_profile().lakehouse
@@ -174,8 +191,19 @@ def daily(day: date | None = None, site: NightscoutSite | None = None,
                       chunk_days=3, max_concurrency=len(chosen),
                       max_reject_ratio=max_reject_ratio)
 
+    def windows(site_id: str) -> WindowPlanner:
+        own = local_days[site_id].utc_days
+        return lambda feed, first: plan_daily_windows(
+            site_id, own, feed.days if feed is not None else {}, reconcile_days, first)
+
     def ingest(target: str | None) -> IngestResult:
-        return ingest_partitions(lakehouse, chosen, plan, target)
+        ingested = ingest_partitions(lakehouse, chosen, plan, target)
+        changes = land_changes(
+            lakehouse, {s.site_id: s.source for s in chosen}, ingested.branch,
+            ingested.run_id, ingested.timezones, {s.site_id: windows(s.site_id) for s in chosen},
+            change_feed=change_feed, max_reject_ratio=max_reject_ratio,
+            max_concurrency=max(2, len(chosen)))
+        return replace(ingested, changes=changes)
 
     run = _write_audit_publish("daily", lakehouse, ingest(None), ingest, dbt_node_tasks, units,
                                full_refresh)

@@ -15,6 +15,7 @@ from tasks.ingest import TableCounts
 from tasks.validation import Check
 
 __all__ = [
+    "ChangesReport",
     "IngestResult",
     "PromoteResult",
     "PublishResult",
@@ -22,6 +23,26 @@ __all__ = [
     "RunResult",
     "ValidationResult",
 ]
+
+
+@dataclass(frozen=True)
+class ChangesReport:
+    """What a run's change feeds and reconcile windows did (``daily``, ``reconcile``)."""
+
+    feeds: dict[str, str]  # site id -> feed status: ok, started, or why there is none
+    changes_read: int  # changes the feeds listed
+    windows: int  # reconcile windows re-read
+    table_days_landed: int  # (table, UTC day) pairs that differed and were landed
+    rows_removed: int  # rows taken out of the lake (audit.deletions)
+    requests: int  # HTTP requests to the sites, feeds and windows together
+
+    def line(self) -> str:
+        """One log line: ``changes: feeds (a ok) listed 3; 2 reconcile windows, ...``."""
+        feeds = ", ".join(f"{site} {status.split(':')[0]}" for site, status in self.feeds.items())
+        return (f"changes: feeds ({feeds or 'off'}) listed {self.changes_read}; "
+                f"{self.windows} reconcile windows, {self.table_days_landed} table-days "
+                f"differed and landed, {self.rows_removed} rows removed; "
+                f"{self.requests} requests")
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,7 @@ class IngestResult:
     windows: int  # partitions (site × day chunk) in the run
     resumed: int  # of those, already on the branch from an earlier attempt
     tables: dict[str, TableCounts]
+    changes: ChangesReport | None = None  # edits and deletions landed (daily, reconcile)
 
     @property
     def committed(self) -> int:

@@ -64,6 +64,7 @@ _DAY_MS: Final = 86_400_000
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _DEFAULT_WINDOW_MS: Final = 4 * _DAY_MS
 _FIND: Final = re.compile(r"^find\[([^\]]+)\](?:\[([^\]]+)\])?$")
+_OBJECT_ID: Final = re.compile(r"^[0-9a-f]{24}$")
 _ORDER_OPS: Final = frozenset({"$gte", "$gt", "$lte", "$lt", "$eq"})
 _ROUTES: Final[dict[str, tuple[str, str | None]]] = {
     "entries": ("entries", None),
@@ -710,7 +711,7 @@ class SimulatorServer:
         self.v3 = V3Api(self._changes, self._clock_ms,
                         JwtIssuer(hashlib.sha256(f"jwt-{self.port}".encode()).digest(),
                                   self.jwt_lifetime_s),
-                        enabled=self.v3_enabled)
+                        self.locate, enabled=self.v3_enabled)
 
     def _clock_ms(self) -> int:
         return int(self.current_time().timestamp() * 1000)
@@ -729,6 +730,24 @@ class SimulatorServer:
         generated = generate_collection(site, day, collection)
         merged = self._changes[site_id].merge_day(collection, ordinal, generated)
         return sorted(merged, key=lambda d: (_doc_time(collection, d), d["_id"]))
+
+    def locate(self, site: SiteConfig, collection: str, key: str) -> Document | None:
+        """A document as the server now holds it, by ``_id`` or ``identifier`` (None when
+        there is none, or it was deleted for good). A generated document is found through
+        its ObjectId, whose first 8 hex digits are its time in epoch seconds."""
+        found = self._changes[site.site_id].find(collection, key)
+        if found is not None:
+            return found
+        if collection == "profile":
+            return next((d for d in self._profiles(site) if d["_id"] == key), None)
+        if not _OBJECT_ID.match(key):
+            return None
+        day = datetime.fromtimestamp(int(key[:8], 16), UTC).date()
+        for near in (day, day - timedelta(days=1), day + timedelta(days=1)):
+            for doc in self.documents(site.site_id, collection, near):
+                if doc["_id"] == key:
+                    return doc
+        return None
 
     def _index(self, site: SiteConfig, ordinal: int, collection: str) -> _Index:
         """The day's index, with the site's changes laid over it when it has any."""

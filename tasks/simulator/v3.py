@@ -115,6 +115,8 @@ class V3Api:
         changes: each site's change store, by site id.
         clock_ms: the server's clock.
         jwt: the issuer of the sites' JWTs.
+        locate: a document of a site as the server now holds it, by ``_id`` or
+            ``identifier`` (None: no such document).
         enabled: False answers every v3 and v2 call with 404, as a server without v3 does.
         denied: collections the token may not read through v3 (403).
     """
@@ -122,6 +124,7 @@ class V3Api:
     changes: dict[str, SiteChanges]
     clock_ms: Callable[[], int]
     jwt: JwtIssuer
+    locate: Callable[[SiteConfig, str, str], Document | None]
     enabled: bool = True
     denied: set[str] = field(default_factory=set)
 
@@ -205,7 +208,7 @@ class V3Api:
                                 "lastModified": stored["srvModified"]})
         if key is None or method not in ("PATCH", "DELETE"):
             return _status(404, "Bad operation or collection")
-        current = store.find(collection, key)
+        current = self.locate(site, collection, key)
         if current is None:
             return _status(404)
         if method == "DELETE":
@@ -241,7 +244,7 @@ class V3Api:
                 return _status(400, "Bad or missing request body")
             return Answer(200, [store.add(collection, d, via="v1") for d in docs])
         if method == "DELETE" and key is not None:
-            current = store.find(collection, key)
+            current = self.locate(site, collection, key)
             if current is None:
                 return _status(404)
             store.delete_permanently(collection, current)

@@ -18,6 +18,7 @@ from tasks.change_feed import (
     read_cursors,
     start_cursors,
 )
+from tasks.days import DayRange
 from tasks.nightscout_v3 import NightscoutV3Client
 from tasks.reconcile import ReconcileWindow, plan_daily_windows, plan_windows, trailing_days
 from tasks.settings import NightscoutSettings
@@ -118,21 +119,25 @@ def test_reconcile_windows_group_consecutive_days_needing_the_same_tables() -> N
             "devicestatus": set(trailing)}
     windows = plan_windows("a", days, max_days=3)
     assert windows == [
-        ReconcileWindow("a", date(2024, 3, 2), date(2024, 3, 3), ("entries",)),
-        ReconcileWindow("a", d, d + timedelta(days=3), ("entries", "treatments", "devicestatus")),
-        ReconcileWindow("a", d + timedelta(days=3), d + timedelta(days=5),
+        ReconcileWindow("a", DayRange.one(date(2024, 3, 2)), ("entries",)),
+        ReconcileWindow("a", DayRange(d, d + timedelta(days=2)),
+                        ("entries", "treatments", "devicestatus")),
+        ReconcileWindow("a", DayRange(d + timedelta(days=3), d + timedelta(days=4)),
                         ("entries", "treatments", "devicestatus")),
     ]
     assert trailing_days(date(2024, 5, 10), 2) == {date(2024, 5, 9), date(2024, 5, 8)}
 
 
 def test_a_daily_reconciles_the_days_before_its_own_and_the_feed_days() -> None:
-    own = {date(2024, 5, 30), date(2024, 5, 31), date(2024, 6, 1)}
+    own = DayRange(date(2024, 5, 30), date(2024, 6, 1))
     feed = {"treatments": frozenset({date(2024, 4, 1), date(2024, 5, 31)})}
-    windows = plan_daily_windows("a", own, feed, reconcile_days=3)
+    windows = plan_daily_windows("a", own, feed, reconcile_days=3, first_day=date(2024, 1, 1))
     assert windows == [
-        ReconcileWindow("a", date(2024, 4, 1), date(2024, 4, 2), ("treatments",)),
-        ReconcileWindow("a", date(2024, 5, 27), date(2024, 5, 30),
+        ReconcileWindow("a", DayRange.one(date(2024, 4, 1)), ("treatments",)),
+        ReconcileWindow("a", DayRange(date(2024, 5, 27), date(2024, 5, 29)),
                         ("entries", "treatments", "devicestatus")),
     ]
-    assert plan_daily_windows("a", own, {}, reconcile_days=0) == []
+    assert plan_daily_windows("a", own, {}, reconcile_days=0, first_day=date(2024, 1, 1)) == []
+    late_start = plan_daily_windows("a", own, {}, reconcile_days=3, first_day=date(2024, 5, 29))
+    assert [w.days for w in late_start] == [DayRange.one(date(2024, 5, 29))]
+    assert plan_daily_windows("a", own, {}, reconcile_days=3, first_day=None) == []

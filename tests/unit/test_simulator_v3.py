@@ -186,3 +186,21 @@ def test_a_token_without_read_rights_and_a_server_without_v3(http: httpx.Client)
         assert denied.json()["message"] == "Missing permission api:treatments:read"
         version = httpx.get(f"{sim.url}/api/v3/version").json()["result"]
         assert version["srvDate"] == NOW_MS
+
+
+def test_generated_documents_are_changed_over_http_by_their_id(
+    sim: SimulatorServer, http: httpx.Client,
+) -> None:
+    auth = {"Authorization": f"Bearer {_jwt(http)}"}
+    secret = {"api-secret": hashlib.sha1(SECRET.encode()).hexdigest()}
+    treatment = sim.documents("a", "treatments", DAY)[0]
+    reading = sim.documents("a", "entries", DAY)[3]
+    assert http.patch(f"/api/v3/treatments/{treatment['_id']}", headers=auth,
+                      json={"notes": "fixed"}).status_code == 200
+    assert http.delete(f"/api/v1/entries/{reading['_id']}", headers=secret).status_code == 200
+    assert http.delete(f"/api/v1/entries/{reading['_id']}", headers=secret).status_code == 404
+    listed = _history(http, "treatments", NOW_MS - 1).json()["result"]
+    assert [(d["identifier"], d["notes"]) for d in listed] == [(treatment["_id"], "fixed")]
+    assert _history(http, "entries", NOW_MS - 1).json()["result"] == []  # v1 leaves no trace
+    day = _v1(http, "entries", DAY, DAY + timedelta(days=1))
+    assert reading["_id"] not in {d["_id"] for d in day}

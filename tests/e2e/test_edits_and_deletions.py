@@ -1,0 +1,209 @@
+"""Edits and deletions reach the lake (issue 20), on the embedded profile.
+
+After a backfill, a treatment from 60 days ago is edited and a reading from 30 days ago
+soft-deleted through API v3, a late reading for 10 days ago is uploaded through v1 and a v1
+document from 5 days ago is deleted for good. A ``daily`` killed after landing them on its
+branch loses none: the next ``daily`` lands all four, the marts of exactly those days
+change and equal a full rebuild's, and ``audit.deletions`` lists the removed documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import polars as pl
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from flows.build_branch import build_branch
+from flows.pipeline import backfill, daily
+from tasks.lakehouse import read_table
+from tasks.landing import DELETION_REASONS
+from tasks.profile import embedded_lakehouse
+from tasks.simulator import SimulatorServer, SiteConfig
+
+from .conftest import NOW
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "edits-secret-value"
+TOKEN = "cascade-reader-5e1f0a"
+SITE = SiteConfig(site_id="v3", seed=13, timezone="Europe/London", api_secret=SECRET,
+                  token=TOKEN)
+TODAY = NOW.date()
+ZONE = ZoneInfo(SITE.timezone)
+PER_DAY_MARTS = ("marts.mrt_daily_glycaemia", "marts.mrt_quality_coverage")
+LINEAGE = ("ingest_run_id", "ingested_at")
+
+
+@pytest.fixture(scope="module")
+def source() -> Iterator[SimulatorServer]:
+    with SimulatorServer([SITE], now=NOW, history_days=90) as server:
+        yield server
+
+
+@pytest.fixture
+def env(source: SimulatorServer, cascade_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> SimulatorServer:
+    for name, value in {"NIGHTSCOUT_URL": source.url_for("v3"), "NIGHTSCOUT_API_SECRET": SECRET,
+                        "NIGHTSCOUT_TOKEN": TOKEN, "NIGHTSCOUT_SITE_ID": "v3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
+    monkeypatch.delenv("NIGHTSCOUT_BLOCK", raising=False)
+    return source
+
+
+def _local_day(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(ZONE).date()
+
+
+def _treatment_day(doc: dict[str, Any]) -> date:
+    return datetime.fromisoformat(doc["created_at"]).astimezone(ZONE).date()
+
+
+def _plain_reading(sim: SimulatorServer, day: date, start: int) -> dict[str, Any]:
+    """A glucose reading of ``day`` from position ``start`` on, alone at its time (removing
+    one of two copies of a reading would change no mart)."""
+    docs = sim.documents("v3", "entries", day)
+    times = [d["date"] for d in docs]
+    return next(d for d in docs[start:] if d.get("type") == "sgv" and times.count(d["date"]) == 1
+                and isinstance(d.get("sgv"), int) and d["sgv"] >= 40)
+
+
+def _change_the_source(sim: SimulatorServer) -> dict[str, Any]:
+    """The four changes of the issue, over HTTP as uploaders make them; what changed."""
+    http = httpx.Client(base_url=sim.url_for("v3"), timeout=30)
+    jwt = http.get(f"/api/v2/authorization/request/{TOKEN}").json()["token"]
+    v3 = {"Authorization": f"Bearer {jwt}"}
+    v1 = {"api-secret": hashlib.sha1(SECRET.encode()).hexdigest()}
+    meals = [t for t in sim.documents("v3", "treatments", TODAY - timedelta(days=60))
+             if t.get("carbs") not in (None, "")]
+    meal = meals[0]
+    assert http.patch(f"/api/v3/treatments/{meal['_id']}", headers=v3,
+                      json={"carbs": float(meal["carbs"]) + 17}).status_code == 200
+    soft = _plain_reading(sim, TODAY - timedelta(days=30), 40)
+    assert http.delete(f"/api/v3/entries/{soft['_id']}", headers=v3).status_code == 200
+    near = _plain_reading(sim, TODAY - timedelta(days=10), 60)
+    late = {"type": "sgv", "sgv": 131, "date": near["date"] + 150_000,
+            "dateString": "", "device": "xDrip-late", "direction": "Flat"}
+    uploaded = http.post("/api/v1/entries.json", headers=v1, json=[late])
+    assert uploaded.status_code == 200
+    gone = _plain_reading(sim, TODAY - timedelta(days=5), 100)
+    assert http.delete(f"/api/v1/entries/{gone['_id']}", headers=v1).status_code == 200
+    http.close()
+    return {"meal": meal, "soft": soft, "late": uploaded.json()[0], "gone": gone,
+            "reading_days": {_local_day(d["date"]) for d in (soft, near, gone)},
+            "meal_day": _treatment_day(meal)}
+
+
+def _daily_killed_mid_build(home: Path, sim: SimulatorServer) -> subprocess.CompletedProcess[str]:
+    """``python -m flows daily`` in its own process, killed (SIGKILL) while it builds."""
+    env = {**os.environ, "CASCADE_HOME": str(home), "CASCADE_PROFILE": "embedded",
+           "NIGHTSCOUT_URL": sim.url_for("v3"), "NIGHTSCOUT_API_SECRET": SECRET,
+           "NIGHTSCOUT_TOKEN": TOKEN, "NIGHTSCOUT_SITE_ID": "v3",
+           "PREFECT_API_URL": str(PREFECT_API_URL.value()), "CASCADE_FAULT": "build-mid-export"}
+    return subprocess.run([sys.executable, "-m", "flows", "daily",
+                           str(TODAY - timedelta(days=1)), "--plain-dbt"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+                          check=False)
+
+
+def _per_day(catalog: Any, name: str) -> pl.DataFrame:
+    frame = read_table(catalog, name)
+    return frame.drop([c for c in frame.columns if c in LINEAGE]).sort("site_id", "local_date")
+
+
+def _changed_days(before: pl.DataFrame, after: pl.DataFrame) -> set[date]:
+    """Local days whose rows differ (floats to 9 decimals: DuckDB's parallel sums vary in
+    the last bits)."""
+    def rounded(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(pl.col(pl.Float32, pl.Float64).round(9))
+
+    before, after = rounded(before), rounded(after)
+    columns = before.columns
+    differ = pl.concat([before.join(after, on=columns, how="anti", nulls_equal=True),
+                        after.join(before, on=columns, how="anti", nulls_equal=True)])
+    return set(differ.get_column("local_date").to_list())
+
+
+def _close(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    """Equal frames; floats within 1e-9 relative (DuckDB's parallel sums vary in the last bits)."""
+    if a.columns != b.columns or a.height != b.height:
+        return False
+    for column in a.columns:
+        x, y = a.get_column(column), b.get_column(column)
+        if x.dtype.is_float():
+            same = ((x - y).abs() <= 1e-9 * y.abs() + 1e-12) | (x.is_null() & y.is_null())
+            if not same.all():
+                return False
+        elif not x.equals(y):
+            return False
+    return True
+
+
+def test_edits_and_deletions_of_any_age_reach_the_marts(env: SimulatorServer,
+                                                       cascade_home: Path) -> None:
+    branches = embedded_lakehouse().branches
+    backfill(start=TODAY - timedelta(days=70), end=TODAY, chunk_days=36, dbt_node_tasks=False)
+    main = branches.catalog("main")
+    cursors = read_table(main, "audit.change_cursor")
+    assert set(cursors.get_column("collection")) == {"entries", "treatments", "devicestatus",
+                                                     "profile"}
+    marts_before = {m: _per_day(main, m) for m in PER_DAY_MARTS}
+    carbs_before = _per_day(main, "silver.fct_carb_event")
+    main_before = branches.ref("main").hash
+
+    changed = _change_the_source(env)
+
+    killed = _daily_killed_mid_build(cascade_home, env)
+    assert killed.returncode != 0, killed.stdout[-2000:]
+    assert branches.ref("main").hash == main_before  # nothing reached main
+    assert read_table(branches.catalog("main"), "audit.change_cursor").equals(cursors)
+
+    result = daily(day=TODAY - timedelta(days=1), dbt_node_tasks=False)
+    changes = result.ingest.changes
+    assert changes is not None
+    assert (changes.table_days_landed, changes.rows_removed) == (4, 2)
+    main = branches.catalog("main")
+
+    entries = read_table(main, "raw.entries")
+    ids = set(entries.get_column("entry_id").to_list())
+    assert changed["late"]["_id"] in ids
+    assert not {changed["soft"]["_id"], changed["gone"]["_id"]} & ids
+    treatments = read_table(main, "raw.treatments")
+    meal = treatments.filter(pl.col("treatment_id") == changed["meal"]["_id"])
+    assert meal.get_column("carbs_g").item() == float(changed["meal"]["carbs"]) + 17
+
+    deletions = read_table(main, "audit.deletions").sort("record_id")
+    assert dict(deletions.select("record_id", "reason").rows()) == {
+        changed["soft"]["_id"]: DELETION_REASONS["source_deleted"],
+        changed["gone"]["_id"]: DELETION_REASONS["gone"]}
+    assert deletions.get_column("ingest_run_id").unique().to_list() == [result.ingest.run_id]
+
+    for name, before in marts_before.items():
+        assert _changed_days(before, _per_day(main, name)) == changed["reading_days"], name
+    assert _changed_days(carbs_before, _per_day(main, "silver.fct_carb_event")) == {
+        changed["meal_day"]}
+    advanced = read_table(main, "audit.change_cursor").sort("collection")
+    assert (advanced.get_column("cursor_ms") >= cursors.sort("collection")
+            .get_column("cursor_ms")).all()
+
+    # the marts equal a full rebuild of the same raw data
+    branches.create_branch("rebuild", from_ref="main")
+    build_branch("rebuild", node_tasks=False)
+    rebuilt = branches.catalog("rebuild")
+    for name in (*PER_DAY_MARTS, "marts.mrt_agp_hourly"):
+        key = [c for c in ("site_id", "local_date", "local_hour") if c in
+               read_table(main, name).columns]
+        assert _close(read_table(main, name).drop(LINEAGE, strict=False).sort(key),
+                      read_table(rebuilt, name).drop(LINEAGE, strict=False).sort(key)), name
