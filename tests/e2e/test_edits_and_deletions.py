@@ -23,12 +23,15 @@ import httpx
 import polars as pl
 import pytest
 from prefect.settings import PREFECT_API_URL
+from pyiceberg.expressions import EqualTo, Reference
+from pyiceberg.expressions.literals import literal
 
 from flows.build_branch import build_branch
 from flows.pipeline import backfill, daily
+from flows.reconcile import reconcile
 from tasks.lakehouse import read_table
 from tasks.landing import DELETION_REASONS
-from tasks.profile import embedded_lakehouse
+from tasks.profile import current_profile, embedded_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 
 from .conftest import NOW
@@ -71,34 +74,34 @@ def _treatment_day(doc: dict[str, Any]) -> date:
     return datetime.fromisoformat(doc["created_at"]).astimezone(ZONE).date()
 
 
-def _plain_reading(sim: SimulatorServer, day: date, start: int) -> dict[str, Any]:
+def plain_reading(sim: SimulatorServer, site_id: str, day: date, start: int) -> dict[str, Any]:
     """A glucose reading of ``day`` from position ``start`` on, alone at its time (removing
     one of two copies of a reading would change no mart)."""
-    docs = sim.documents("v3", "entries", day)
+    docs = sim.documents(site_id, "entries", day)
     times = [d["date"] for d in docs]
     return next(d for d in docs[start:] if d.get("type") == "sgv" and times.count(d["date"]) == 1
                 and isinstance(d.get("sgv"), int) and d["sgv"] >= 40)
 
 
-def _change_the_source(sim: SimulatorServer) -> dict[str, Any]:
+def change_the_source(sim: SimulatorServer, site_id: str) -> dict[str, Any]:
     """The four changes of the issue, over HTTP as uploaders make them; what changed."""
-    http = httpx.Client(base_url=sim.url_for("v3"), timeout=30)
+    http = httpx.Client(base_url=sim.url_for(site_id), timeout=30)
     jwt = http.get(f"/api/v2/authorization/request/{TOKEN}").json()["token"]
     v3 = {"Authorization": f"Bearer {jwt}"}
     v1 = {"api-secret": hashlib.sha1(SECRET.encode()).hexdigest()}
-    meals = [t for t in sim.documents("v3", "treatments", TODAY - timedelta(days=60))
+    meals = [t for t in sim.documents(site_id, "treatments", TODAY - timedelta(days=60))
              if t.get("carbs") not in (None, "")]
     meal = meals[0]
     assert http.patch(f"/api/v3/treatments/{meal['_id']}", headers=v3,
                       json={"carbs": float(meal["carbs"]) + 17}).status_code == 200
-    soft = _plain_reading(sim, TODAY - timedelta(days=30), 40)
+    soft = plain_reading(sim, site_id, TODAY - timedelta(days=30), 40)
     assert http.delete(f"/api/v3/entries/{soft['_id']}", headers=v3).status_code == 200
-    near = _plain_reading(sim, TODAY - timedelta(days=10), 60)
+    near = plain_reading(sim, site_id, TODAY - timedelta(days=10), 60)
     late = {"type": "sgv", "sgv": 131, "date": near["date"] + 150_000,
             "dateString": "", "device": "xDrip-late", "direction": "Flat"}
     uploaded = http.post("/api/v1/entries.json", headers=v1, json=[late])
     assert uploaded.status_code == 200
-    gone = _plain_reading(sim, TODAY - timedelta(days=5), 100)
+    gone = plain_reading(sim, site_id, TODAY - timedelta(days=5), 100)
     assert http.delete(f"/api/v1/entries/{gone['_id']}", headers=v1).status_code == 200
     http.close()
     return {"meal": meal, "soft": soft, "late": uploaded.json()[0], "gone": gone,
@@ -106,26 +109,25 @@ def _change_the_source(sim: SimulatorServer) -> dict[str, Any]:
             "meal_day": _treatment_day(meal)}
 
 
-def _daily_killed_mid_build(home: Path, sim: SimulatorServer) -> subprocess.CompletedProcess[str]:
-    """``python -m flows daily`` in its own process, killed (SIGKILL) while it builds."""
-    env = {**os.environ, "CASCADE_HOME": str(home), "CASCADE_PROFILE": "embedded",
-           "NIGHTSCOUT_URL": sim.url_for("v3"), "NIGHTSCOUT_API_SECRET": SECRET,
-           "NIGHTSCOUT_TOKEN": TOKEN, "NIGHTSCOUT_SITE_ID": "v3",
-           "PREFECT_API_URL": str(PREFECT_API_URL.value()), "CASCADE_FAULT": "build-mid-export"}
+def daily_killed_mid_build(env: dict[str, str], fault: str) -> subprocess.CompletedProcess[str]:
+    """``python -m flows daily`` in its own process (``env``), killed (SIGKILL) at ``fault``."""
+    env = {**{k: v for k, v in os.environ.items() if k != "CASCADE_FAULT"}, **env,
+           "CASCADE_FAULT": fault}
     return subprocess.run([sys.executable, "-m", "flows", "daily",
                            str(TODAY - timedelta(days=1)), "--plain-dbt"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
                           check=False)
 
 
-def _per_day(catalog: Any, name: str) -> pl.DataFrame:
-    frame = read_table(catalog, name)
-    return frame.drop([c for c in frame.columns if c in LINEAGE]).sort("site_id", "local_date")
+def per_day(catalog: Any, name: str, site_id: str) -> pl.DataFrame:
+    """A per-day table's rows of one site, without lineage columns."""
+    frame = read_table(catalog, name, EqualTo(term=Reference("site_id"), value=literal(site_id)))
+    return frame.drop([c for c in frame.columns if c in LINEAGE]).sort("local_date")
 
 
-def _changed_days(before: pl.DataFrame, after: pl.DataFrame) -> set[date]:
-    """Local days whose rows differ (floats to 9 decimals: DuckDB's parallel sums vary in
-    the last bits)."""
+def changed_days(before: pl.DataFrame, after: pl.DataFrame) -> set[date]:
+    """Local days whose rows differ (floats to 9 decimals: parallel sums vary in the last
+    bits)."""
     def rounded(frame: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(pl.col(pl.Float32, pl.Float64).round(9))
 
@@ -136,8 +138,8 @@ def _changed_days(before: pl.DataFrame, after: pl.DataFrame) -> set[date]:
     return set(differ.get_column("local_date").to_list())
 
 
-def _close(a: pl.DataFrame, b: pl.DataFrame) -> bool:
-    """Equal frames; floats within 1e-9 relative (DuckDB's parallel sums vary in the last bits)."""
+def close(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    """Equal frames; floats within 1e-9 relative (parallel sums vary in the last bits)."""
     if a.columns != b.columns or a.height != b.height:
         return False
     for column in a.columns:
@@ -151,24 +153,30 @@ def _close(a: pl.DataFrame, b: pl.DataFrame) -> bool:
     return True
 
 
-def test_edits_and_deletions_of_any_age_reach_the_marts(env: SimulatorServer,
-                                                       cascade_home: Path) -> None:
-    branches = embedded_lakehouse().branches
+def edits_reach_the_marts(sim: SimulatorServer, site_id: str, child_env: dict[str, str],
+                          fault: str) -> None:
+    """The issue's check on the active profile: backfill, four changes, a daily killed at
+    ``fault`` after landing them on its branch, a daily that promotes them; then raw, the
+    deletion audit, the cursor and the marts (exactly those days changed; equal to a full
+    rebuild)."""
+    branches = current_profile().lakehouse.branches
+    site = EqualTo(term=Reference("site_id"), value=literal(site_id))
     backfill(start=TODAY - timedelta(days=70), end=TODAY, chunk_days=36, dbt_node_tasks=False)
     main = branches.catalog("main")
-    cursors = read_table(main, "audit.change_cursor")
-    assert set(cursors.get_column("collection")) == {"entries", "treatments", "devicestatus",
-                                                     "profile"}
-    marts_before = {m: _per_day(main, m) for m in PER_DAY_MARTS}
-    carbs_before = _per_day(main, "silver.fct_carb_event")
+    cursors = read_table(main, "audit.change_cursor", site).sort("collection")
+    assert cursors.get_column("collection").to_list() == ["devicestatus", "entries", "profile",
+                                                          "treatments"]
+    marts_before = {m: per_day(main, m, site_id) for m in PER_DAY_MARTS}
+    carbs_before = per_day(main, "silver.fct_carb_event", site_id)
     main_before = branches.ref("main").hash
 
-    changed = _change_the_source(env)
+    changed = change_the_source(sim, site_id)
 
-    killed = _daily_killed_mid_build(cascade_home, env)
+    killed = daily_killed_mid_build(child_env, fault)
     assert killed.returncode != 0, killed.stdout[-2000:]
     assert branches.ref("main").hash == main_before  # nothing reached main
-    assert read_table(branches.catalog("main"), "audit.change_cursor").equals(cursors)
+    assert read_table(branches.catalog("main"), "audit.change_cursor", site).sort(
+        "collection").equals(cursors)
 
     result = daily(day=TODAY - timedelta(days=1), dbt_node_tasks=False)
     changes = result.ingest.changes
@@ -176,34 +184,79 @@ def test_edits_and_deletions_of_any_age_reach_the_marts(env: SimulatorServer,
     assert (changes.table_days_landed, changes.rows_removed) == (4, 2)
     main = branches.catalog("main")
 
-    entries = read_table(main, "raw.entries")
-    ids = set(entries.get_column("entry_id").to_list())
+    ids = set(read_table(main, "raw.entries", site).get_column("entry_id").to_list())
     assert changed["late"]["_id"] in ids
     assert not {changed["soft"]["_id"], changed["gone"]["_id"]} & ids
-    treatments = read_table(main, "raw.treatments")
+    treatments = read_table(main, "raw.treatments", site)
     meal = treatments.filter(pl.col("treatment_id") == changed["meal"]["_id"])
     assert meal.get_column("carbs_g").item() == float(changed["meal"]["carbs"]) + 17
 
-    deletions = read_table(main, "audit.deletions").sort("record_id")
+    deletions = read_table(main, "audit.deletions", site)
     assert dict(deletions.select("record_id", "reason").rows()) == {
         changed["soft"]["_id"]: DELETION_REASONS["source_deleted"],
         changed["gone"]["_id"]: DELETION_REASONS["gone"]}
     assert deletions.get_column("ingest_run_id").unique().to_list() == [result.ingest.run_id]
 
     for name, before in marts_before.items():
-        assert _changed_days(before, _per_day(main, name)) == changed["reading_days"], name
-    assert _changed_days(carbs_before, _per_day(main, "silver.fct_carb_event")) == {
+        assert changed_days(before, per_day(main, name, site_id)) == changed["reading_days"], name
+    assert changed_days(carbs_before, per_day(main, "silver.fct_carb_event", site_id)) == {
         changed["meal_day"]}
-    advanced = read_table(main, "audit.change_cursor").sort("collection")
-    assert (advanced.get_column("cursor_ms") >= cursors.sort("collection")
-            .get_column("cursor_ms")).all()
+    advanced = read_table(main, "audit.change_cursor", site).sort("collection")
+    assert (advanced.get_column("cursor_ms") >= cursors.get_column("cursor_ms")).all()
+    assert int(advanced.get_column("cursor_ms").max()) > int(  # type: ignore[arg-type]
+        cursors.get_column("cursor_ms").max())  # type: ignore[arg-type]
 
     # the marts equal a full rebuild of the same raw data
-    branches.create_branch("rebuild", from_ref="main")
-    build_branch("rebuild", node_tasks=False)
-    rebuilt = branches.catalog("rebuild")
-    for name in (*PER_DAY_MARTS, "marts.mrt_agp_hourly"):
-        key = [c for c in ("site_id", "local_date", "local_hour") if c in
-               read_table(main, name).columns]
-        assert _close(read_table(main, name).drop(LINEAGE, strict=False).sort(key),
-                      read_table(rebuilt, name).drop(LINEAGE, strict=False).sort(key)), name
+    rebuild = f"rebuild-{site_id}"
+    branches.create_branch(rebuild, from_ref="main")
+    try:
+        build_branch(rebuild, node_tasks=False)
+        rebuilt = branches.catalog(rebuild)
+        for name in (*PER_DAY_MARTS, "marts.mrt_agp_hourly"):
+            ours, theirs = (read_table(c, name, site) for c in (main, rebuilt))
+            key = [c for c in ("local_date", "local_hour") if c in ours.columns]
+            assert close(ours.drop(LINEAGE, strict=False).sort(key),
+                         theirs.drop(LINEAGE, strict=False).sort(key)), name
+    finally:
+        branches.delete_branch(rebuild)
+
+
+def test_edits_and_deletions_of_any_age_reach_the_marts(env: SimulatorServer,
+                                                       cascade_home: Path) -> None:
+    child = {"CASCADE_HOME": str(cascade_home), "CASCADE_PROFILE": "embedded",
+             "NIGHTSCOUT_URL": env.url_for("v3"), "NIGHTSCOUT_API_SECRET": SECRET,
+             "NIGHTSCOUT_TOKEN": TOKEN, "NIGHTSCOUT_SITE_ID": "v3",
+             "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    edits_reach_the_marts(env, "v3", child, "build-mid-export")
+
+
+def test_without_a_token_old_changes_wait_for_a_reconcile_of_their_range(
+    env: SimulatorServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NIGHTSCOUT_TOKEN")  # an API secret alone does not open API v3
+    start, end = TODAY - timedelta(days=48), TODAY - timedelta(days=40)
+    backfill(start=start, end=end, dbt_node_tasks=False)
+    assert not embedded_lakehouse().branches.catalog("main").table_exists("audit.change_cursor")
+    gone = plain_reading(env, "v3", TODAY - timedelta(days=44), 20)
+    edited = plain_reading(env, "v3", TODAY - timedelta(days=42), 20)
+    env.changes("v3").delete_permanently("entries", gone)
+    env.changes("v3").edit("entries", edited, {"sgv": 333}, via="v1")  # no srvModified
+
+    result = daily(day=end + timedelta(days=2), dbt_node_tasks=False, reconcile_days=2)
+    changes = result.ingest.changes
+    assert changes is not None and changes.feeds["v3"].startswith("no feed:")
+    main = embedded_lakehouse().branches.catalog("main")
+    assert gone["_id"] in set(read_table(main, "raw.entries").get_column("entry_id"))
+
+    reconciled = reconcile(start=start, end=end, dbt_node_tasks=False)
+    landed = reconciled.ingest.changes
+    assert landed is not None
+    assert (landed.table_days_landed, landed.rows_removed) == (2, 1)
+    main = embedded_lakehouse().branches.catalog("main")
+    entries = read_table(main, "raw.entries")
+    assert gone["_id"] not in set(entries.get_column("entry_id"))
+    assert entries.filter(pl.col("entry_id") == edited["_id"]).get_column("sgv_mg_dl").item() \
+        == 333
+    deletions = read_table(main, "audit.deletions")
+    assert deletions.select("record_id", "reason").rows() == [(gone["_id"],
+                                                               DELETION_REASONS["gone"])]
