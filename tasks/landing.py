@@ -63,7 +63,8 @@ class Removal:
 
 
 def lake_rows(catalog: Catalog, layout: TableLayout, site_id: str,
-              start: datetime | date | None, end: datetime | date | None, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
+              start: datetime | date | None, end: datetime | date | None,
+              columns: tuple[str, ...] | None = None) -> pl.DataFrame:
     """The site's rows of ``[start, end)`` (all of them without bounds) as the lake holds
     them (empty when none), with every column of the layout or only ``columns``."""
     names = list(columns or layout.schema.names())
@@ -139,12 +140,13 @@ def commit_deletions(catalog: Catalog, rows: pl.DataFrame, site_id: str, run_id:
     if rows.height == 0:
         return
     layout = AUDIT_TABLES["deletions"]
-    where: BooleanExpression = EqualTo(term=Reference("ingest_run_id"), value=literal(run_id))
-    per_table: list[BooleanExpression] = [And(EqualTo(term=Reference("table_name"), value=literal(name)),
-                     In(term=Reference("record_id"),
-                        values={literal(i) for i in group.get_column("record_id").to_list()}))
-                 for (name,), group in rows.group_by("table_name")]
-    where = And(And(site_window(layout, site_id), where), _any(per_table))
+    per_table: list[BooleanExpression] = [
+        And(EqualTo(term=Reference("table_name"), value=literal(name)),
+            In(term=Reference("record_id"),
+               values={literal(i) for i in group.get_column("record_id").to_list()}))
+        for (name,), group in rows.group_by("table_name")]
+    by_run = EqualTo(term=Reference("ingest_run_id"), value=literal(run_id))
+    where = And(And(site_window(layout, site_id), by_run), _any(per_table))
     replace_rows(catalog, layout, rows, where)
 
 

@@ -106,7 +106,7 @@ class SiteChanges:
     def merge_day(self, collection: str, ordinal: int, generated: list[Document]) -> list[Document]:
         """The day's documents as the server now holds them (soft-deleted ones included)."""
         with self._lock:
-            replaced = self._stored.get(collection, {}).keys() | self._removed.get(collection, set())
+            replaced = self._replaced(collection)
             kept = [d for d in generated if d["_id"] not in replaced]
             mine = [dict(d) for d in self._stored_in(collection)
                     if _ordinal(doc_ms(collection, d)) == ordinal]
@@ -115,7 +115,7 @@ class SiteChanges:
     def merge_all(self, collection: str, generated: list[Document]) -> list[Document]:
         """Every document of a small collection (profiles) as the server now holds them."""
         with self._lock:
-            replaced = self._stored.get(collection, {}).keys() | self._removed.get(collection, set())
+            replaced = self._replaced(collection)
             return [d for d in generated if d["_id"] not in replaced] + [
                 dict(d) for d in self._stored_in(collection)]
 
@@ -134,6 +134,10 @@ class SiteChanges:
             stamps = [int(d["srvModified"]) for d in self._stored_in(collection)
                       if isinstance(d.get("srvModified"), int)]
         return max(stamps, default=None)
+
+    def _replaced(self, collection: str) -> set[str]:
+        """Ids of generated documents the store overrides: changed, or deleted for good."""
+        return set(self._stored.get(collection, {})) | self._removed.get(collection, set())
 
     def _stored_in(self, collection: str) -> list[Document]:
         return list(self._stored.get(collection, {}).values())
