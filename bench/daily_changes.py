@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,13 @@ def _one_daily(daily: Any, sim: Any, variant: str, day: date) -> dict[str, Any]:
             "requests": len(asked),
             "v3_requests": sum(1 for path, _, _ in asked if "/api/v3/" in path
                                or "/api/v2/" in path),
-            "changes": result.get("changes"), "peak_rss_mib": round(_peak_mib(), 1)}
+            "changes": _changes(result), "peak_rss_mib": round(_peak_mib(), 1)}
+
+
+def _changes(result: Any) -> dict[str, Any] | None:
+    """The run's change report (None from a daily without one)."""
+    changes = getattr(getattr(result, "ingest", None), "changes", None)
+    return asdict(changes) if changes is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:
