@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(CASCADE_HOME=str(work / "cascade"), CASCADE_PROFILE="embedded",
                       PREFECT_HOME=str(work / "prefect"), NIGHTSCOUT_SITE_ID="bench",
                       NIGHTSCOUT_API_SECRET=SECRET, NIGHTSCOUT_TOKEN=TOKEN,
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     from flows.pipeline import backfill, daily
     from tasks.simulator import SimulatorServer, SiteConfig
 
