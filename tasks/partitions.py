@@ -33,7 +33,7 @@ __all__ = [
     "plan_partitions",
 ]
 
-_COUNTS = ("n_fetched", "n_duplicates", "n_rejected", "n_committed")
+_COUNTS = ("n_fetched", "n_duplicates", "n_rejected", "n_committed", "n_deleted")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ def ingest_totals(branch: Catalog, partitions: list[Partition]) -> dict[str, Tab
                           schema={"site_id": pl.String(), "window_date": pl.Date()},
                           orient="row")
     log = _log(branch, partitions).join(wanted, on=["site_id", "window_date"], how="semi")
+    if "n_deleted" not in log.columns:  # a log written before the column existed
+        log = log.with_columns(pl.lit(0, pl.Int64).alias("n_deleted"))
     sums = log.group_by("table_name").agg(pl.col(c).sum() for c in _COUNTS).sort("table_name")
     return {row["table_name"]: TableCounts(**{c.removeprefix("n_"): int(row[c]) for c in _COUNTS})
             for row in sums.iter_rows(named=True)}
