@@ -83,7 +83,7 @@ def test_prefect_yaml_has_every_flow_tagged_and_a_bound_daily() -> None:
     deployments = {d["name"]: d for d in config["deployments"]}
     assert set(deployments) == {f"cascade-{n}" for n in (
         "ingest-day", "ingest-window", "build-branch", "validate", "promote", "publish",
-        "maintain", "backfill", "daily")}
+        "maintain", "backfill", "daily", "reconcile")}
     for deployment in deployments.values():
         assert "cascade" in deployment["tags"]  # what the failure automation matches
         assert (REPO / deployment["entrypoint"].split(":")[0]).exists()
