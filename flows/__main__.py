@@ -30,16 +30,17 @@ def _source_or_simulator(days: int) -> Iterator[str]:
         return
     from tasks.simulator import SimulatorServer, SiteConfig
 
-    secret = "cascade-demo-secret"
-    site = SiteConfig(site_id="demo", seed=7, timezone="Europe/London", api_secret=secret)
+    secret, token = "cascade-demo-secret", "cascade-demo-reader"  # the token opens API v3
+    site = SiteConfig(site_id="demo", seed=7, timezone="Europe/London", api_secret=secret,
+                      token=token)
+    demo_env = {"NIGHTSCOUT_URL": "", "NIGHTSCOUT_API_SECRET": secret,
+                "NIGHTSCOUT_TOKEN": token, "NIGHTSCOUT_SITE_ID": "demo"}
     with SimulatorServer([site], history_days=days + 5) as server:
-        os.environ["NIGHTSCOUT_URL"] = server.url_for("demo")
-        os.environ["NIGHTSCOUT_API_SECRET"] = secret
-        os.environ["NIGHTSCOUT_SITE_ID"] = "demo"
+        os.environ.update({**demo_env, "NIGHTSCOUT_URL": server.url_for("demo")})
         try:
             yield f"the bundled Nightscout simulator at {server.url_for('demo')}"
         finally:
-            for key in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID"):
+            for key in demo_env:
                 os.environ.pop(key, None)
 
 
