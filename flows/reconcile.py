@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.nightscout import NightscoutSite
 from flows.pipeline import _block_name, _write_audit_publish
+from tasks import timeouts
 from tasks.days import DayRange
 from tasks.fanout import MAX_CONCURRENCY, IngestPlan, choose_sites, ingest_partitions, run_name
 from tasks.ingest import WINDOW_TABLES
@@ -26,7 +27,8 @@ from tasks.results import IngestResult, RunResult
 
 
 @flow(name="reconcile", flow_run_name=run_name("reconcile {start}..{end}"),
-      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY))  # type: ignore[arg-type]
+      task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENCY),  # type: ignore[arg-type]
+      timeout_seconds=timeouts.RECONCILE)
 def reconcile(
     start: date,
     end: date,

@@ -29,6 +29,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import EqualTo, Reference
 from pyiceberg.expressions.literals import literal
 
+from tasks import timeouts
 from tasks.errors import NightscoutFeedUnavailable
 from tasks.lakehouse import read_table, replace_rows, site_window
 from tasks.nightscout_v3 import FEED_COLLECTIONS, Feed, NightscoutV3Client
@@ -174,7 +175,8 @@ def _why(exc: NightscoutFeedUnavailable) -> str:
 
 
 @task(name="plan-change-feed", retries=2, retry_delay_seconds=[2, 10],
-      task_run_name="change feed site={source.site_id}", cache_policy=NO_CACHE)
+      task_run_name="change feed site={source.site_id}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.CHANGE_FEED)
 def plan_feed_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
                    last_day: date) -> FeedPlan:
     """Read the site's API v3 changes since the cursor on ``branch``: the days to land."""
@@ -187,7 +189,8 @@ def plan_feed_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str
 
 
 @task(name="start-change-feed", retries=2, retry_delay_seconds=[2, 10],
-      task_run_name="start change feed site={source.site_id}", cache_policy=NO_CACHE)
+      task_run_name="start change feed site={source.site_id}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.CHANGE_FEED)
 def start_feed_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str) -> FeedPlan:
     """Cursors from the server's clock for a site that has none on ``branch`` (a backfill)."""
     catalog = lakehouse.branches.catalog(branch)

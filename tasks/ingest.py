@@ -481,7 +481,8 @@ def ingest_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch:
 
 @task(name="reconcile-window", retries=2, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=lambda task, run, state: _retryable(state),
-      task_run_name="reconcile {days} site={source.site_id}", cache_policy=NO_CACHE)
+      task_run_name="reconcile {days} site={source.site_id}", cache_policy=NO_CACHE,
+      timeout_seconds=timeouts.INGEST_WINDOW)
 def reconcile_window_task(lakehouse: Lakehouse, source: NightscoutSettings, branch: str,
                           days: DayRange, tables: tuple[str, ...], timezone: str, run_id: str,
                           max_reject_ratio: float = 0.05) -> WindowReport:

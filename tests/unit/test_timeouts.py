@@ -11,7 +11,8 @@ from prefect import Flow, Task
 import flows
 from tasks import timeouts
 
-LONG_TASKS = {"ingest-window", "run-partition", "publish-marts", "publish-reports",
+LONG_TASKS = {"ingest-window", "reconcile-window", "plan-change-feed", "start-change-feed",
+              "run-partition", "publish-marts", "publish-reports",
               "plan-build", "prepare-build-file", "land-models-in-iceberg", "record-build",
               "check-dbt-results", "check-mart-contracts", "reconcile-raw", "check-invariants",
               "plan-publish", "read-marts", "expire-snapshots", "remove-orphan-files"}
@@ -23,7 +24,7 @@ def _objects() -> list[object]:
         if module.name == "__main__":
             continue
         found.extend(vars(importlib.import_module(f"flows.{module.name}")).values())
-    for name in ("ingest", "publish", "report", "build", "fanout"):
+    for name in ("ingest", "publish", "report", "build", "fanout", "change_feed"):
         found.extend(vars(importlib.import_module(f"tasks.{name}")).values())
     return found
 
@@ -31,7 +32,7 @@ def _objects() -> list[object]:
 def test_every_flow_has_a_timeout() -> None:
     found = {o.name: o.timeout_seconds for o in _objects() if isinstance(o, Flow)}
     assert {"ingest_day", "ingest_window", "build_branch", "validate", "promote", "publish",
-            "maintain", "backfill", "daily"} <= set(found)
+            "maintain", "backfill", "daily", "reconcile"} <= set(found)
     assert all(seconds for seconds in found.values()), found
 
 
