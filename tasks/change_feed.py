@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pyiceberg.catalog import Catalog
+from pyiceberg.conversions import from_bytes
 from pyiceberg.expressions import EqualTo, Reference
 from pyiceberg.expressions.literals import literal
+from pyiceberg.types import DateType
 
 from tasks import timeouts
 from tasks.errors import NightscoutFeedUnavailable
@@ -155,15 +157,31 @@ def commit_cursors(catalog: Catalog, plan: FeedPlan, run_id: str,
 
 
 def first_logged_day(catalog: Catalog, site_id: str) -> date | None:
-    """The site's first UTC day in ``audit.ingest_log`` (None before its first ingest)."""
+    """The site's first UTC day in ``audit.ingest_log`` (None before its first ingest).
+
+    Read from the data files' column bounds, not their rows: the log gains files with
+    every run, and a daily should not read them all.
+    """
     layout = AUDIT_TABLES["ingest_log"]
     if not catalog.table_exists(layout.identifier):
         return None
     table = catalog.load_table(layout.identifier)
-    days = table.scan(row_filter=EqualTo(term=Reference("site_id"), value=literal(site_id)),
-                      selected_fields=("window_date",)).to_arrow().column("window_date")
-    first = pl.Series(days).min()
-    return first if isinstance(first, date) else None
+    field_id = table.schema().find_field("window_date").field_id
+    site = EqualTo(term=Reference("site_id"), value=literal(site_id))
+    firsts, unbounded = [], []
+    for planned in table.scan(row_filter=site).plan_files():
+        lower = (planned.file.lower_bounds or {}).get(field_id)
+        if lower is None:
+            unbounded.append(planned.file.file_path)
+            continue
+        firsts.append(_EPOCH + timedelta(days=int(from_bytes(DateType(), lower))))
+    if unbounded:  # a file written without column metrics: read its days
+        rows = table.scan(row_filter=site, selected_fields=("window_date",)).to_arrow()
+        firsts.extend(d for d in rows.column("window_date").to_pylist() if d is not None)
+    return min(firsts, default=None)
+
+
+_EPOCH: Final = date(1970, 1, 1)
 
 
 def _why(exc: NightscoutFeedUnavailable) -> str:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from pydantic import SecretStr
 from pyiceberg.catalog import Catalog
@@ -14,15 +15,18 @@ from tasks.branches import EmbeddedBranchCatalog
 from tasks.change_feed import (
     START_MARGIN_MS,
     commit_cursors,
+    first_logged_day,
     plan_feed,
     read_cursors,
     start_cursors,
 )
 from tasks.days import DayRange
+from tasks.lakehouse import replace_rows, site_window
 from tasks.nightscout_v3 import NightscoutV3Client
 from tasks.reconcile import ReconcileWindow, plan_daily_windows, plan_windows, trailing_days
 from tasks.settings import NightscoutSettings
 from tasks.simulator import SimulatorServer, default_site
+from tasks.tables import AUDIT_TABLES, INGEST_LOG_SCHEMA
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -141,3 +145,14 @@ def test_a_daily_reconciles_the_days_before_its_own_and_the_feed_days() -> None:
     late_start = plan_daily_windows("a", own, {}, reconcile_days=3, first_day=date(2024, 5, 29))
     assert [w.days for w in late_start] == [DayRange.one(date(2024, 5, 29))]
     assert plan_daily_windows("a", own, {}, reconcile_days=3, first_day=None) == []
+
+
+def test_the_first_logged_day_comes_from_the_log_files_bounds(catalog: Catalog) -> None:
+    layout = AUDIT_TABLES["ingest_log"]
+    assert first_logged_day(catalog, "a") is None
+    for site, day in (("a", date(2024, 3, 5)), ("a", date(2024, 2, 1)), ("b", date(2023, 1, 1))):
+        row = pl.DataFrame([("entries", site, day, 1, 0, 0, 1, 0, "r", NOW)],
+                           schema=INGEST_LOG_SCHEMA, orient="row")
+        replace_rows(catalog, layout, row, site_window(layout, site, day, day + timedelta(days=1)))
+    assert first_logged_day(catalog, "a") == date(2024, 2, 1)
+    assert first_logged_day(catalog, "b") == date(2023, 1, 1)
