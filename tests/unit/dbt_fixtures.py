@@ -64,7 +64,7 @@ create table raw.profile (
 );
 create table audit.ingest_log (
     table_name varchar, site_id varchar, window_date date, n_fetched bigint,
-    n_duplicates bigint, n_rejected bigint, n_committed bigint,
+    n_duplicates bigint, n_rejected bigint, n_committed bigint, n_deleted bigint,
     ingest_run_id varchar, ingested_at timestamptz
 );
 create table audit.changed_partitions (

@@ -20,9 +20,11 @@ final as (
         window_date,
         ingested_at,
 
-        -- counts
+        -- counts (n_deleted: marked deleted at the source, never landed; null on
+        -- rows logged before it was counted)
         n_fetched,
-        n_committed
+        n_committed,
+        n_deleted
 
     from source
 
