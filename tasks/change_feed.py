@@ -64,7 +64,7 @@ class FeedPlan:
     days: dict[str, frozenset[date]] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
     requests: int = 0
-    unplaced: int = 0  # changes with no usable time: left to a reconcile
+    unplaced: int = 0  # changes without a usable time, or unreadable: left to a reconcile
 
     @property
     def n_changes(self) -> int:
@@ -131,7 +131,7 @@ def plan_feed(client: NightscoutV3Client, catalog: Catalog, site_id: str, *,
         if feed.collection not in _WINDOW_TABLES:
             continue
         touched = {t.date() for c in feed.changes for t in c.times}
-        unplaced += sum(1 for c in feed.changes if not c.times)
+        unplaced += sum(1 for c in feed.changes if not c.times) + feed.unreadable
         wanted = frozenset(d for d in touched
                            if d <= last_day and (first_day is None or d >= first_day))
         if wanted:

@@ -32,6 +32,7 @@ __all__ = [
     "ParsedDocuments",
     "SetAside",
     "parse_documents",
+    "parse_member",
 ]
 
 MAX_DEPTH: Final = 64  # a document's own levels; Nightscout's deepest uploads have about 8
@@ -88,6 +89,34 @@ def parse_documents(body: bytes) -> ParsedDocuments:
     if _max_depth(body) - 1 <= MAX_DEPTH and _first_bad_utf8(body) is None:
         return ParsedDocuments(_read(body))  # the usual body, as it is
     return _read_around(body, _Shape.of(body))
+
+
+def parse_member(body: bytes, key: str) -> ParsedDocuments:
+    """Read the array of documents under ``key`` of a JSON object, as ``parse_documents``
+    reads a body: an API v3 answer is ``{"status": 200, "result": [...]}``. The object is
+    located by the same bracket scan, never parsed whole, so one hostile document in the
+    array is set aside as it would be in a v1 answer.
+
+    Raises:
+        NotDocuments: the body is not one JSON object with ``key`` holding an array of
+            objects.
+    """
+    body = body.removeprefix(_UTF8_BOM)
+    if not body.lstrip().startswith(b"{"):
+        raise NotDocuments("not a JSON object")
+    shape = _Shape.of(body)
+    depth, kinds, positions = shape.depth_after, shape.kinds, shape.positions
+    if depth.size < 2 or depth[-1] != 0 or (depth[:-1] <= 0).any() \
+            or body[positions[-1] + 1:].strip():
+        raise NotDocuments("brackets that do not balance (a truncated body?)")
+    name = re.compile(rb'[{,]\s*"' + re.escape(key.encode()) + rb'"\s*:\s*\Z')
+    for i in np.flatnonzero((depth == 2) & (kinds == _OPEN_ARRAY)).tolist():
+        start = int(positions[i])
+        if name.search(body[max(0, start - len(key) - 256):start]) is None:
+            continue
+        end = int(positions[i + int(np.argmax(depth[i:] == 1))])  # the array's own close
+        return parse_documents(body[start:end + 1])
+    raise NotDocuments(f"no {key!r} array in the object")
 
 
 def _read_around(body: bytes, shape: _Shape) -> ParsedDocuments:

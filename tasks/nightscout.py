@@ -29,7 +29,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -63,8 +63,9 @@ from tasks.json_documents import NotDocuments, ParsedDocuments, SetAside, parse_
 from tasks.redaction import redact_bytes, sanitize_url
 from tasks.settings import NightscoutSettings
 
-__all__ = ["COLLECTIONS", "Collection", "Fetched", "NightscoutClient", "RetryPolicy",
-           "retry_after_seconds", "sanitize_url", "tls_context"]
+__all__ = ["COLLECTIONS", "Answer", "Collection", "Fetched", "NightscoutClient", "Refuse",
+           "RequestRules", "RetryPolicy", "get_bounded", "retry_after_seconds", "sanitize_url",
+           "tls_context"]
 
 logger = logging.getLogger("cascade.nightscout")
 
@@ -337,68 +338,141 @@ class NightscoutClient:
     def _request(self, path: str, params: dict[str, str]) -> tuple[bytes, str, str]:
         """The body of a 2xx answer (retried past transient failures), where it came from
         and its content type."""
-        where = f"{self._base()}{path}"
-        for attempt in range(1, self.retry.attempts + 1):
-            retry_after = None
-            try:
-                with deadline(self.limits.deadline_s) as at, \
-                        self._http.stream("GET", path, params=params) as response:
-                    self.requests_made += 1
-                    where = self._where(response.request.url)
-                    if response.status_code < 300:
-                        kind = response.headers.get("content-type", "unknown content type")
-                        return read_body(response, self.limits, at), where, kind
-                    self._refuse(response, where, at)
-                    problem = f"HTTP {response.status_code}"
-                    retry_after = retry_after_seconds(response)
-            except DeadlineExceeded:
-                problem = self._late()
-            except httpx.TimeoutException as exc:  # a read cut at the deadline, or its own
-                problem = self._late() if _past(at) else type(exc).__name__
-            except httpx.TransportError as exc:  # resets, refused connections, protocol errors
-                problem = type(exc).__name__
-            except BodyUndecodable as exc:
-                raise NightscoutBadResponse(
-                    f"Nightscout answered {where} with a body Cascade cannot decode ({exc}); "
-                    "nothing was written for this window") from None
-            except httpx.HTTPError as exc:
-                raise NightscoutError(f"Nightscout at {where}: {type(exc).__name__}: {exc}"
-                                      ) from None
-            if attempt == self.retry.attempts:
-                break
-            wait = self.retry.delay(attempt, retry_after)
-            logger.warning("Nightscout %s: %s, retry %d/%d in %.1fs", where, problem, attempt,
-                           self.retry.attempts - 1, wait)
-            self.sleep(wait)
-        raise NightscoutUnavailable(
-            f"Nightscout at {self._base()} kept failing for {path} ({problem}) after "
-            f"{self.retry.attempts} attempts: check the site is up, then re-run; "
-            "nothing was written for this window"
-        )
+        answer = get_bounded(self._http, path, params, rules=self._rules,
+                             refuse=_raise_for_client_error, counted=self._counted)
+        return answer.body, answer.where, answer.content_type
 
-    def _refuse(self, response: httpx.Response, where: str, at: float) -> None:
-        """Raise for a redirect or a 4xx that a retry cannot fix; return for 429/5xx."""
-        status = response.status_code
-        if status < 400:
-            location = response.headers.get("location")
-            target = sanitize_url(response.request.url.join(location)) if location else \
-                "nowhere (no Location header)"
-            raise NightscoutRedirected(
-                f"Nightscout at {where} answered {status}, a redirect to {target}: Cascade "
-                "does not follow redirects (the credential would go with it). If the site "
-                "moved, set NIGHTSCOUT_URL (or the nightscout-site block's url) to the new "
-                "address; nothing was written for this window", target)
-        excerpt = redact_bytes(read_prefix(response, _ERROR_EXCERPT, at, self.limits.deadline_s))
-        _raise_for_client_error(status, excerpt.decode("utf-8", "replace"), where)
+    @property
+    def _rules(self) -> RequestRules:
+        return RequestRules(self._base(), self.retry, self.limits, self.sleep,
+                            "nothing was written for this window")
 
-    def _late(self) -> str:
-        return f"no complete answer within the {self.limits.deadline_s:g} s deadline"
+    def _counted(self) -> None:
+        self.requests_made += 1
 
     def _base(self) -> str:
         return sanitize_url(self.settings.url.rstrip("/"))
 
-    def _where(self, url: httpx.URL) -> str:
-        return sanitize_url(url)
+
+
+@dataclass(frozen=True)
+class RequestRules:
+    """How a client's requests are bounded and retried, and what its messages say.
+
+    Attributes:
+        base: the site's URL as messages show it (``sanitize_url``).
+        retry: backoff for 429/5xx/timeouts/resets/the deadline.
+        limits: the overall deadline per request and the decoded-size cap.
+        sleep: the sleep function (tests pass one that does not).
+        consequence: the end of a failure message, what the failure left undone
+            (``"nothing was written for this window"``).
+    """
+
+    base: str
+    retry: RetryPolicy
+    limits: BodyLimits
+    sleep: Callable[[float], None]
+    consequence: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The decoded body of a 2xx answer, where it came from (no credential) and its type."""
+
+    body: bytes
+    where: str
+    content_type: str
+
+
+Refuse = Callable[[int, str, str], None]
+"""Raise for a 4xx a retry cannot fix: ``(status, error-page excerpt, where)``; the excerpt
+is redacted. Return to have the answer treated as a generic failure."""
+
+
+def get_bounded(http: httpx.Client, path: str, params: Mapping[str, str], *,
+                rules: RequestRules, refuse: Refuse, counted: Callable[[], None],
+                headers: Mapping[str, str] | None = None, shown: str | None = None) -> Answer:
+    """GET ``path`` through the one retry layer of every Nightscout request (API v1 and v3).
+
+    Each attempt is bounded (``rules.limits``: an overall deadline on the socket, a
+    decoded-size cap); 429, 5xx, timeouts, resets and the deadline are retried under
+    ``rules.retry`` (honouring ``Retry-After``); a redirect is refused with its Location
+    and not followed (the credential would go with it); any other 4xx goes to ``refuse``.
+    ``shown`` is the path as messages may show it, when the path itself carries a
+    credential (API v3's JWT request); else the URL asked, sanitized. ``counted`` is called
+    once per request sent.
+
+    Raises:
+        NightscoutRedirected: a 3xx.
+        NightscoutUnavailable: the retry budget ran out.
+        NightscoutBadResponse: a body Cascade cannot decode.
+        BodyTooLarge: a body over the cap (the caller decides: ask for less, or fail).
+        NightscoutError: what ``refuse`` raises, or a 4xx it let through.
+    """
+    where = f"{rules.base}{shown or path}"
+    problem = "no attempt"
+    for attempt in range(1, rules.retry.attempts + 1):
+        retry_after = None
+        try:
+            with deadline(rules.limits.deadline_s) as at, \
+                    http.stream("GET", path, params=params, headers=headers) as response:
+                counted()
+                where = f"{rules.base}{shown}" if shown else sanitize_url(response.request.url)
+                if response.status_code < 300:
+                    kind = response.headers.get("content-type", "unknown content type")
+                    return Answer(read_body(response, rules.limits, at), where, kind)
+                _refuse(response, where, at, rules, refuse)
+                problem = f"HTTP {response.status_code}"
+                retry_after = retry_after_seconds(response)
+        except DeadlineExceeded:
+            problem = _late(rules)
+        except httpx.TimeoutException as exc:  # a read cut at the deadline, or its own
+            problem = _late(rules) if _past(at) else type(exc).__name__
+        except httpx.TransportError as exc:  # resets, refused connections, protocol errors
+            problem = type(exc).__name__
+        except BodyUndecodable as exc:
+            raise NightscoutBadResponse(
+                f"Nightscout answered {where} with a body Cascade cannot decode ({exc}); "
+                f"{rules.consequence}") from None
+        except httpx.HTTPError as exc:
+            raise NightscoutError(f"Nightscout at {where}: {type(exc).__name__}: {exc}"
+                                  ) from None
+        if attempt == rules.retry.attempts:
+            break
+        wait = rules.retry.delay(attempt, retry_after)
+        logger.warning("Nightscout %s: %s, retry %d/%d in %.1fs", where, problem, attempt,
+                       rules.retry.attempts - 1, wait)
+        rules.sleep(wait)
+    raise NightscoutUnavailable(
+        f"Nightscout at {rules.base} kept failing for {shown or path} ({problem}) after "
+        f"{rules.retry.attempts} attempts: check the site is up, then re-run; "
+        f"{rules.consequence}"
+    )
+
+
+def _refuse(response: httpx.Response, where: str, at: float, rules: RequestRules,
+            refuse: Refuse) -> None:
+    """Raise for a redirect or a 4xx that a retry cannot fix; return for 429/5xx."""
+    status = response.status_code
+    if status < 400:
+        location = response.headers.get("location")
+        target = sanitize_url(response.request.url.join(location)) if location else \
+            "nowhere (no Location header)"
+        raise NightscoutRedirected(
+            f"Nightscout at {where} answered {status}, a redirect to {target}: Cascade "
+            "does not follow redirects (the credential would go with it). If the site "
+            "moved, set NIGHTSCOUT_URL (or the nightscout-site block's url) to the new "
+            f"address; {rules.consequence}", target)
+    if status in _RETRY_STATUSES:
+        return
+    excerpt = redact_bytes(read_prefix(response, _ERROR_EXCERPT, at, rules.limits.deadline_s))
+    text = excerpt.decode("utf-8", "replace")
+    refuse(status, text, where)
+    raise NightscoutError(f"Nightscout answered {status} for {where}: {text[:200]!r}")
+
+
+def _late(rules: RequestRules) -> str:
+    return f"no complete answer within the {rules.limits.deadline_s:g} s deadline"
 
 
 def _past(at: float) -> bool:
@@ -417,8 +491,6 @@ def _raise_for_client_error(status: int, text: str, where: str) -> None:
             f"Nightscout answered 404 for {where}: check the site URL (NIGHTSCOUT_URL) "
             "points at the site root, without /api/v1"
         )
-    if status not in _RETRY_STATUSES:
-        raise NightscoutError(f"Nightscout answered {status} for {where}: {text[:200]!r}")
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:

@@ -11,14 +11,18 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from tasks.bounded_http import BodyLimits
 from tasks.errors import (
     NightscoutAuthError,
     NightscoutBadResponse,
+    NightscoutError,
     NightscoutFeedUnavailable,
+    NightscoutRedirected,
     NightscoutUnavailable,
 )
 from tasks.nightscout import RetryPolicy
 from tasks.nightscout_v3 import NightscoutV3Client
+from tasks.redaction import redact
 from tasks.settings import NightscoutSettings
 from tasks.simulator import SimulatorServer, default_site
 
@@ -200,3 +204,90 @@ def test_a_change_is_placed_by_every_time_it_carries() -> None:
         (change,) = client.feed("treatments", 1_717_000_000_000).changes
     assert {t.date() for t in change.times} == {date(2024, 5, 1), date(2024, 5, 2)}
     assert change.is_valid
+
+
+def test_an_answer_echoing_the_request_shows_neither_the_token_nor_the_jwt(
+        sim: SimulatorServer, caplog: pytest.LogCaptureFixture) -> None:
+    sim.inject(echo_status=502, times=1, path="/api/v3/entries/history")
+    sim.inject(echo_status=400, times=1, path="/api/v3/entries/history")
+    with _client(sim.url) as client, pytest.raises(NightscoutError) as caught:
+        client.feed("entries", NOW_MS)  # a 502 echoing the Bearer header, retried; then a 400
+    jwt = client._bearer()
+    shown = f"{caught.value} {caplog.text}"
+    assert "400" in shown and "HTTP 502" in shown
+    assert jwt not in shown and TOKEN not in shown
+    assert redact(f"a {jwt} and {TOKEN}") == "a *** and ***"  # registered, wherever it goes
+
+
+def test_a_jwt_answer_echoing_the_access_token_is_refused_without_it(
+        sim: SimulatorServer) -> None:
+    sim.inject(echo_status=200, times=1, path="/api/v2/authorization/request/")
+    with _client(sim.url) as client, pytest.raises(NightscoutBadResponse) as caught:
+        client.feed("entries", NOW_MS)
+    assert "without a JWT" in str(caught.value) and TOKEN not in str(caught.value)
+
+
+def test_a_change_that_cannot_be_read_is_set_aside_and_the_others_are_read() -> None:
+    deep = (b'{"identifier":"deep","srvModified":1717000000002,"x":' + b"[" * 100
+            + b"]" * 100 + b"}")
+    body = (b'{"status":200,"result":[{"identifier":"d1","srvModified":1717000000001,'
+            b'"date":1717000000001},' + deep + b',{"identifier":"d3",'
+            b'"srvModified":1717000000003,"date":1717000000003}]}')
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "authorization" in request.url.path:
+            return _jwt_answer()
+        return httpx.Response(200, content=body)
+
+    with _mock(handler) as client:
+        feed = client.feed("entries", 1_717_000_000_000)
+    assert [c.identifier for c in feed.changes] == ["d1", "d3"]
+    assert feed.unreadable == 1 and feed.cursor_ms == 1_717_000_000_003
+
+
+def test_a_compressed_history_is_read_and_a_redirect_is_not_followed(
+        sim: SimulatorServer) -> None:
+    sim.changes("a").soft_delete("entries", sim.documents("a", "entries", DAY)[0])
+    sim.inject(encoding="gzip", times=1, path="/api/v3/entries/history")
+    with _client(sim.url) as client:
+        assert len(client.feed("entries", NOW_MS - 60_000).changes) == 1
+        sim.inject(redirect="https://elsewhere.example.test/", times=1,
+                   path="/api/v3/entries/history")
+        with pytest.raises(NightscoutRedirected, match="elsewhere.example.test"):
+            client.feed("entries", NOW_MS - 60_000)
+
+
+def test_a_trickled_answer_is_cut_at_the_deadline_and_retried(sim: SimulatorServer) -> None:
+    sim.inject(trickle_s=0.05, trickle_headers=True, times=10, path="/api/v3/entries/history")
+    with _client(sim.url, limits=BodyLimits(deadline_s=0.5)) as client, pytest.raises(
+            NightscoutUnavailable, match="deadline"):
+        client.feed("entries", NOW_MS)
+    assert len([p for p, _, _ in sim.request_log if "/history/" in p]) == 3  # every attempt
+
+
+def test_a_jwt_issued_again_in_the_same_second_still_opens_the_feed(
+        sim: SimulatorServer) -> None:
+    clock = NOW.timestamp
+    with _client(sim.url, clock=clock) as first, _client(sim.url, clock=clock) as second:
+        first.feed("entries", NOW_MS)
+        second.feed("entries", NOW_MS)  # the same JWT, already registered for redaction
+        assert first._bearer() == second._bearer()
+    assert [s for p, _, s in sim.request_log if "/history/" in p] == [200, 200]
+
+
+@pytest.mark.parametrize("body", [
+    b'[{"identifier":"d1","srvModified":1717000000001}]',  # a v1 answer
+    b'{"status":200,"result":[{"identifier":"d1"',  # truncated
+    b'{"status":200,"data":{"result":[]}}',  # the array is not the answer's own member
+    b'{"status":200,"result":[1,2]}',  # not documents
+    b"<html>maintenance</html>",
+])
+def test_a_body_that_is_not_a_history_answer_is_refused(body: bytes) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "authorization" in request.url.path:
+            return _jwt_answer()
+        return httpx.Response(200, content=body)
+
+    with _mock(handler) as client, pytest.raises(NightscoutBadResponse,
+                                                 match="without a result array"):
+        client.feed("entries", 1_717_000_000_000)
