@@ -33,12 +33,21 @@ def _entries() -> list[Doc]:
              "date": T0 + d * DAY_MS + n * 300_000} for d in range(DAYS) for n in range(10)]
 
 
+def _by_date(entries: list[Doc], request: httpx.Request) -> list[Doc]:
+    """The entries a Nightscout server answers: inside ``find[date]``'s bounds."""
+    q = request.url.params
+    low = int(q["find[date][$gte]"])
+    if "find[date][$lt]" in q:
+        return [e for e in entries if low <= int(str(e["date"])) < int(q["find[date][$lt]"])]
+    return [e for e in entries if low <= int(str(e["date"])) <= int(q["find[date][$lte]"])]
+
+
 def _client(entries: list[Doc], profiles: list[Doc] | None = None) -> NightscoutClient:
     def handler(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if "profile" in path:
             return httpx.Response(200, json=profiles or [])
-        return httpx.Response(200, json=entries if "entries" in path else [])
+        return httpx.Response(200, json=_by_date(entries, request) if "entries" in path else [])
 
     return NightscoutClient(NightscoutSettings("https://ns.example.test", "a"),
                             transport=httpx.MockTransport(handler),
