@@ -3,8 +3,10 @@
 After a backfill, a treatment from 60 days ago is edited and a reading from 30 days ago
 soft-deleted through API v3, a late reading for 10 days ago is uploaded through v1 and a v1
 document from 5 days ago is deleted for good. A ``daily`` killed after landing them on its
-branch loses none: the next ``daily`` lands all four, the marts of exactly those days
-change and equal a full rebuild's, and ``audit.deletions`` lists the removed documents.
+branch loses none: the next ``daily`` lands all four and records the (site, table, UTC day)
+partitions they changed; its incremental build (no ``full_refresh``) changes the marts of
+exactly those days, equal to a full rebuild's, and ``audit.deletions`` lists the removed
+documents.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pyiceberg.expressions.literals import literal
 from flows.build_branch import build_branch
 from flows.pipeline import backfill, daily
 from flows.reconcile import reconcile
+from tasks.build_log import latest_build
 from tasks.lakehouse import read_table
 from tasks.landing import DELETION_REASONS
 from tasks.profile import current_profile, embedded_lakehouse
@@ -64,6 +67,10 @@ def env(source: SimulatorServer, cascade_home: Path,
     monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
     monkeypatch.delenv("NIGHTSCOUT_BLOCK", raising=False)
     return source
+
+
+def _utc_day(ms: int) -> date:
+    return datetime.fromtimestamp(ms / 1000, UTC).date()
 
 
 def _local_day(ms: int) -> date:
@@ -106,7 +113,9 @@ def change_the_source(sim: SimulatorServer, site_id: str) -> dict[str, Any]:
     http.close()
     return {"meal": meal, "soft": soft, "late": uploaded.json()[0], "gone": gone,
             "reading_days": {_local_day(d["date"]) for d in (soft, near, gone)},
-            "meal_day": _treatment_day(meal)}
+            "meal_day": _treatment_day(meal),
+            "partitions": {("entries", _utc_day(d["date"])) for d in (soft, late, gone)}
+            | {("treatments", datetime.fromisoformat(meal["created_at"]).astimezone(UTC).date())}}
 
 
 def daily_killed_mid_build(env: dict[str, str], fault: str) -> subprocess.CompletedProcess[str]:
@@ -164,7 +173,8 @@ def edits_reach_the_marts(sim: SimulatorServer, site_id: str, child_env: dict[st
                           fault: str) -> None:
     """The issue's check on the active profile: backfill, four changes, a daily killed at
     ``fault`` after landing them on its branch, a daily that promotes them; then raw, the
-    deletion audit, the cursor and the marts (exactly those days changed; equal to a full
+    deletion audit, the cursor and the marts (exactly those days changed, by an incremental
+    build that rebuilt the partitions the changes were recorded under; equal to a full
     rebuild)."""
     branches = current_profile().lakehouse.branches
     site = EqualTo(term=Reference("site_id"), value=literal(site_id))
@@ -185,11 +195,18 @@ def edits_reach_the_marts(sim: SimulatorServer, site_id: str, child_env: dict[st
     assert read_table(branches.catalog("main"), "audit.change_cursor", site).sort(
         "collection").equals(cursors)
 
-    result = daily(day=TODAY - timedelta(days=1), dbt_node_tasks=False)
+    result = daily(day=TODAY - timedelta(days=1), dbt_node_tasks=False)  # no full_refresh
     changes = result.ingest.changes
     assert changes is not None
     assert (changes.table_days_landed, changes.rows_removed) == (4, 2)
     main = branches.catalog("main")
+    # the old days were recorded as changed, and the incremental build rebuilt them
+    recorded = read_table(main, "audit.changed_partitions", site).filter(
+        (pl.col("run_id") == result.ingest.run_id) & (pl.col("source") == "reconcile"))
+    assert set(recorded.select("table_name", "utc_date").rows()) == changed["partitions"]
+    assert recorded.get_column("build_seq").null_count() == 0  # consumed by the daily's build
+    build = latest_build(main)
+    assert build is not None and not build.full_refresh
 
     ids = set(read_table(main, "raw.entries", site).get_column("entry_id").to_list())
     assert changed["late"]["_id"] in ids
@@ -221,7 +238,7 @@ def edits_reach_the_marts(sim: SimulatorServer, site_id: str, child_env: dict[st
     rebuild = f"rebuild-{site_id}"
     branches.create_branch(rebuild, from_ref="main")
     try:
-        build_branch(rebuild, node_tasks=False)
+        build_branch(rebuild, node_tasks=False, full_refresh=True)
         rebuilt = branches.catalog(rebuild)
         for name in (*PER_DAY_MARTS, "marts.mrt_agp_hourly"):
             ours, theirs = (read_table(c, name, site) for c in (main, rebuilt))
