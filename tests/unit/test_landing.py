@@ -93,6 +93,9 @@ def test_rows_gone_from_the_source_are_removed_and_audited_with_why(catalog: Cat
     assert (payload["sgv_mg_dl"], payload["ingest_run_id"]) == (104, "run1")
     assert audit.get_column("local_date").to_list() == [date(2024, 3, 1), date(2024, 3, 1),
                                                         date(2024, 3, 2)]
+    recorded = read_table(catalog, "audit.changed_partitions").filter(
+        pl.col("run_id") == "run2")  # every day of the window, the removals' days among them
+    assert set(recorded.get_column("utc_date")) == {date(2024, 3, d) for d in (1, 2, 3)}
 
 
 def test_recording_the_same_removal_twice_in_one_run_keeps_one_row(catalog: Catalog) -> None:
@@ -120,6 +123,11 @@ def test_a_reconcile_writes_only_the_days_that_changed(catalog: Catalog) -> None
     log = read_table(catalog, "audit.ingest_log").filter(
         pl.col("table_name") == "entries").sort("window_date")
     assert log.get_column("ingest_run_id").to_list() == ["run1", "run2", "run1"]
+    recorded = read_table(catalog, "audit.changed_partitions")
+    assert recorded.filter(pl.col("run_id") == "run1").height == 3 * 3  # tables x days
+    assert recorded.filter(pl.col("run_id") == "run2").select(
+        "table_name", "utc_date", "source").rows() == [
+        ("entries", date(2024, 3, 2), "reconcile")]  # the one day that changed
 
 
 def test_a_reconcile_that_finds_nothing_new_writes_nothing(catalog: Catalog) -> None:
@@ -131,6 +139,8 @@ def test_a_reconcile_that_finds_nothing_new_writes_nothing(catalog: Catalog) -> 
                            only_changes=True)
     assert report.tables["entries"].days_landed == 0
     assert _snapshots(catalog, *tables) == before
+    recorded = read_table(catalog, "audit.changed_partitions")
+    assert set(recorded.get_column("run_id")) == {"run1"}  # nothing to rebuild
 
 
 def test_a_reconcile_lands_a_day_whose_only_change_is_a_new_reject(catalog: Catalog) -> None:
