@@ -15,7 +15,7 @@ a parent's feeds and windows on its branch, then stores the feeds' cursors there
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -55,7 +55,7 @@ def trailing_days(before: date, reconcile_days: int) -> set[date]:
     return {before - timedelta(days=i) for i in range(1, reconcile_days + 1)}
 
 
-def plan_windows(site_id: str, days: dict[str, Iterable[date]],
+def plan_windows(site_id: str, days: Mapping[str, Iterable[date]],
                  max_days: int = 30) -> list[ReconcileWindow]:
     """The site's days, per table, as windows: consecutive days needing the same tables."""
     if max_days < 1:

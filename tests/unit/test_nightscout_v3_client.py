@@ -75,7 +75,8 @@ def test_an_empty_feed_keeps_the_cursor(sim: SimulatorServer) -> None:
 def test_changes_sharing_a_millisecond_across_pages_are_not_skipped() -> None:
     stamps = [1_717_000_000_001, 1_717_000_000_002, 1_717_000_000_002, 1_717_000_000_003,
               1_717_000_000_004, 1_717_000_000_005]
-    docs = [{"identifier": f"d{i}", "srvModified": s, "date": s} for i, s in enumerate(stamps)]
+    docs: list[dict[str, Any]] = [{"identifier": f"d{i}", "srvModified": s, "date": s}
+                                  for i, s in enumerate(stamps)]
     asked: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -253,7 +254,7 @@ def test_a_compressed_history_is_read_and_a_redirect_is_not_followed(
         assert len(client.feed("entries", NOW_MS - 60_000).changes) == 1
         sim.inject(redirect="https://elsewhere.example.test/", times=1,
                    path="/api/v3/entries/history")
-        with pytest.raises(NightscoutRedirected, match="elsewhere.example.test"):
+        with pytest.raises(NightscoutRedirected, match=r"elsewhere\.example\.test"):
             client.feed("entries", NOW_MS - 60_000)
 
 
