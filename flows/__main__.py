@@ -26,7 +26,8 @@ __all__ = ["main"]
 def _source_or_simulator(days: int) -> Iterator[str]:
     """Yield a description of the source; start the simulator when none is configured."""
     if os.environ.get("NIGHTSCOUT_URL") or os.environ.get("NIGHTSCOUT_BLOCK"):
-        yield "Nightscout at " + os.environ.get("NIGHTSCOUT_URL", "block " + os.environ.get("NIGHTSCOUT_BLOCK", ""))
+        block = "block " + os.environ.get("NIGHTSCOUT_BLOCK", "")
+        yield "Nightscout at " + os.environ.get("NIGHTSCOUT_URL", block)
         return
     from tasks.simulator import SimulatorServer, SiteConfig
 

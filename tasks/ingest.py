@@ -12,16 +12,21 @@ whose log is missing or disagrees with raw never passes validation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import reduce
 from typing import Final
 
 import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or, Reference
 from pyiceberg.expressions.literals import literal
 
+from tasks import timeouts
 from tasks.changes import change_rows, record_changes
 from tasks.contracts import check, enforce_reject_ratio
 from tasks.days import DayRange
@@ -37,6 +42,7 @@ from tasks.landing import (
     removed_rows,
 )
 from tasks.nightscout import COLLECTIONS, NightscoutClient
+from tasks.profile import Lakehouse
 from tasks.settings import NightscoutSettings
 from tasks.shaping import ShapeContext, profile_timezone, shape, unreadable_rejects
 from tasks.tables import (
@@ -401,16 +407,6 @@ def _profile_timezone_on(catalog: Catalog, site_id: str) -> str | None:
 
 # ----------------------------------------------------------------------- Prefect wrappers
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
-from tasks import timeouts
-from tasks.profile import Lakehouse
-
-
 @contextmanager
 def _lakehouse_reachable(lakehouse: Lakehouse, what: str) -> Iterator[None]:
     """Turn a lakehouse service that does not answer into ``ServiceUnavailable``."""
@@ -513,6 +509,6 @@ def _retryable(state: object) -> bool:
         state.result()  # type: ignore[attr-defined]
     except ServiceUnavailable:  # a window is safe to redo
         return True
-    except Exception:  # noqa: BLE001 - any other failure is final: do not retry it
+    except Exception:
         return False
     return False

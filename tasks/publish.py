@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
 from sqlalchemy import (
     BigInteger,
@@ -58,6 +60,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
+from tasks import timeouts
 from tasks.build_log import Grain, TouchedRange, TouchedSet
 from tasks.errors import PublishError
 from tasks.faults import fault_point
@@ -547,12 +550,6 @@ def _polars_type(sql_type: TypeEngine[Any]) -> pl.DataType | None:
 
 
 # ------------------------------------------------------------------------ Prefect wrapper
-
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
-from tasks import timeouts
-
 
 @task(name="publish-marts", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE,
       timeout_seconds=timeouts.PUBLISH)

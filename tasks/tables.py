@@ -185,7 +185,8 @@ def raw_table(name: str) -> RawTable:
     try:
         return RAW_TABLES[name]
     except KeyError:
-        raise KeyError(f"unknown raw table {name!r}; expected one of {sorted(RAW_TABLES)}") from None
+        raise KeyError(f"unknown raw table {name!r}; "
+                       f"expected one of {sorted(RAW_TABLES)}") from None
 
 
 def raw_layout(table: RawTable) -> TableLayout:

@@ -378,5 +378,6 @@ def render_markdown(branch: str, checks: list[Check]) -> str:
              "| check | result | figure | detail |", "| --- | --- | --- | --- |"]
     for c in checks:
         detail = c.detail.replace("|", "\\|")[:300]
-        lines.append(f"| {c.name} | {'✅ pass' if c.passed else '❌ FAIL'} | {c.figure} | {detail} |")
+        verdict = "✅ pass" if c.passed else "❌ FAIL"
+        lines.append(f"| {c.name} | {verdict} | {c.figure} | {detail} |")
     return "\n".join(lines)

@@ -45,7 +45,6 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from pydantic import SecretStr
-from pyiceberg.expressions import EqualTo
 
 from blocks.nightscout import NightscoutSite
 from blocks.register import register_blocks
@@ -53,6 +52,7 @@ from tasks.events import MAIN_RESOURCE, PROMOTED
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
+from tests._iceberg import eq
 from tests.integration.conftest import NOW, REPO, STACK_ENV, read_env_file
 
 pytestmark = pytest.mark.stack
@@ -256,9 +256,9 @@ def test_chain_steps_run_as_separate_deployment_runs_from_empty_directories(
         assert not any(worker.directory.iterdir())  # the worker's own directory stays empty
 
     main = stack_lakehouse().branches.catalog("main")
-    entries = read_table(main, "raw.entries", EqualTo("site_id", site))
+    entries = read_table(main, "raw.entries", eq("site_id", site))
     assert day in set(entries.get_column("entry_at").dt.date().to_list())
-    marts = read_table(main, "marts.mrt_daily_glycaemia", EqualTo("site_id", site))
+    marts = read_table(main, "marts.mrt_daily_glycaemia", eq("site_id", site))
     assert marts.height >= 1 and published.rows["mrt_daily_glycaemia"] >= marts.height
     assert promoted.main_after != promoted.main_before
     events: list[dict[str, Any]] = []
@@ -300,7 +300,7 @@ def test_fan_out_spreads_a_two_site_backfill_over_two_workers(
         children = _children(client, run.id)
         branch = stack_lakehouse().branches.catalog(result.branch)  # kept: no promote
         for site in SITES:
-            entries = read_table(branch, "raw.entries", EqualTo("site_id", site.site_id))
+            entries = read_table(branch, "raw.entries", eq("site_id", site.site_id))
             assert set(days) <= set(entries.get_column("entry_at").dt.date().to_list())
 
     assert len(children) == 4  # 2 sites × 2 days, one partition each

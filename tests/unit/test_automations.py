@@ -8,7 +8,7 @@ from uuid import uuid4
 
 import pytest
 import yaml
-from prefect.automations import EventTrigger, Posture, SendNotification
+from prefect.automations import AutomationCore, EventTrigger, Posture, SendNotification
 from prefect.server.events.actions import SendNotification as ServerSendNotification
 from prefect.server.events.schemas.events import RelatedResource, Resource
 
@@ -18,13 +18,13 @@ from flows.automations import FAILED_NAME, STALE_NAME, build_automations
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _by_name() -> dict[str, object]:
+def _by_name() -> dict[str, AutomationCore]:
     return {a.name: a for a in build_automations(uuid4())}
 
 
 def test_failure_automation_matches_failed_and_crashed_cascade_runs_one_by_one() -> None:
     failed = _by_name()[FAILED_NAME]
-    trigger = failed.trigger  # type: ignore[attr-defined]
+    trigger = failed.trigger
     assert isinstance(trigger, EventTrigger)
     assert trigger.posture == Posture.Reactive
     assert trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
@@ -35,7 +35,7 @@ def test_failure_automation_matches_failed_and_crashed_cascade_runs_one_by_one()
 
 def test_freshness_automation_expects_a_completed_daily_within_26_hours() -> None:
     stale = _by_name()[STALE_NAME]
-    trigger = stale.trigger  # type: ignore[attr-defined]
+    trigger = stale.trigger
     assert isinstance(trigger, EventTrigger)
     assert trigger.posture == Posture.Proactive
     assert trigger.expect == {"prefect.flow-run.Completed"}
@@ -63,7 +63,7 @@ def test_freshness_automation_expects_a_completed_daily_within_26_hours() -> Non
 @pytest.mark.parametrize("name", [FAILED_NAME, STALE_NAME])
 def test_notification_templates_are_valid_for_the_server(name: str) -> None:
     automation = _by_name()[name]
-    (action,) = automation.actions  # type: ignore[attr-defined]
+    (action,) = automation.actions
     assert isinstance(action, SendNotification)
     ServerSendNotification.model_validate(action.model_dump())  # the server's own checks
     if name == FAILED_NAME:
@@ -101,13 +101,13 @@ def test_zombie_automation_crashes_a_run_whose_heartbeats_stop() -> None:
     from flows.automations import HEARTBEAT_S, ZOMBIE_AFTER, ZOMBIE_NAME
 
     zombie = _by_name()[ZOMBIE_NAME]
-    trigger = zombie.trigger  # type: ignore[attr-defined]
+    trigger = zombie.trigger
     assert isinstance(trigger, EventTrigger)
     assert trigger.posture == Posture.Proactive
     assert trigger.after == {"prefect.flow-run.heartbeat"}
     assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Crashed"} <= trigger.expect
     assert trigger.for_each == {"prefect.resource.id"}
     assert trigger.within == ZOMBIE_AFTER >= timedelta(seconds=3 * HEARTBEAT_S)
-    (action,) = zombie.actions  # type: ignore[attr-defined]
+    (action,) = zombie.actions
     assert isinstance(action, ChangeFlowRunState) and action.state == StateType.CRASHED
     ServerAutomation.model_validate(zombie.model_dump())  # the server's own checks

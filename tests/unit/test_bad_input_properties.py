@@ -232,7 +232,8 @@ def test_duplicate_ids_with_different_content_keep_the_first_and_record_the_rest
 
 
 def test_unknown_event_types_are_kept_and_empty_ones_rejected() -> None:
-    docs: list[Doc] = [{"_id": "t1", "eventType": "Frobnicate", "created_at": "2024-03-01T01:00:00Z"},
+    docs: list[Doc] = [{"_id": "t1", "eventType": "Frobnicate",
+                        "created_at": "2024-03-01T01:00:00Z"},
                        {"_id": "t2", "eventType": "", "created_at": "2024-03-01T02:00:00Z"}]
     frame = _client({"treatments": _body(docs)}).fetch_window("treatments", START, END).frame
     checked = check("treatments", shape("treatments", frame, _ctx()).rows, _ctx())
@@ -318,7 +319,7 @@ def test_a_window_with_a_bad_body_commits_nothing(seeded: EmbeddedBranchCatalog,
                                                   where: str) -> None:
     bodies = {c: _body(_good(c)) for c in WINDOW_TABLES} | {where: bad}
     before, ref_before = _snapshots(seeded, "run-bad"), seeded.ref("run-bad").hash
-    with pytest.raises(NightscoutBadResponse, match="[Nn]othing was written|non-objects|JSON"):
+    with pytest.raises(NightscoutBadResponse, match=r"[Nn]othing was written|non-objects|JSON"):
         ingest_window(_client(bodies), seeded.catalog("run-bad"), _ctx())
     assert _snapshots(seeded, "run-bad") == before
     assert seeded.ref("run-bad").hash == ref_before

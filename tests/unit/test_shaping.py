@@ -18,7 +18,8 @@ CTX = ShapeContext("a", "America/Los_Angeles", datetime(2014, 1, 1, tzinfo=UTC),
                    datetime(2017, 1, 1, tzinfo=UTC), "run1", datetime(2024, 1, 1, tzinfo=UTC))
 
 
-def _checked(table: str, docs: pl.DataFrame, ctx: ShapeContext = CTX) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _checked(table: str, docs: pl.DataFrame,
+             ctx: ShapeContext = CTX) -> tuple[pl.DataFrame, pl.DataFrame]:
     shaped = shape(table, docs, ctx)
     c = check(table, shaped.rows, ctx)
     return c.valid, pl.concat([shaped.rejects, c.rejects])
@@ -144,9 +145,10 @@ def test_rows_without_time_or_outside_window_rejected_not_dropped() -> None:
 
 
 def test_future_dated_rows_rejected() -> None:
-    ctx = ShapeContext("a", "UTC", datetime(2014, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC),
-                       "run1", datetime(2024, 1, 1, tzinfo=UTC))
-    docs = _docs([{"_id": "f", "type": "sgv", "sgv": 120, "date": 1_800_000_000_000, "device": "g"}])
+    ctx = ShapeContext("a", "UTC", datetime(2014, 1, 1, tzinfo=UTC),
+                       datetime(2030, 1, 1, tzinfo=UTC), "run1", datetime(2024, 1, 1, tzinfo=UTC))
+    docs = _docs([{"_id": "f", "type": "sgv", "sgv": 120, "date": 1_800_000_000_000,
+                   "device": "g"}])
     valid, rejects = _checked("entries", docs, ctx)
     assert valid.height == 0 and "after ingestion" in rejects.get_column("reason")[0]
 
