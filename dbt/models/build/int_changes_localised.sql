@@ -58,10 +58,10 @@ whole as (
     left join previous
         on sites.site_id = previous.site_id
     where (previous.site_id is null
-            and sites.site_id in (select site_id from pending))
+            and sites.site_id in (select pending.site_id from pending))
         or previous.timezone_name <> sites.timezone_name
         or sites.site_id in (
-            select site_id from pending where utc_date is null
+            select pending.site_id from pending where pending.utc_date is null
         )
 
 ),

@@ -74,17 +74,17 @@ moved_records as (
     {%- for table, (id_column, time_column) in records.items() %}
     {{ 'union all' if not loop.first }}
     select
-        others.site_id,
-        others.{{ time_column }} as record_at
-    from {{ source('raw', table) }} as others
+        raw_rows.site_id,
+        raw_rows.{{ time_column }} as record_at
+    from {{ source('raw', table) }} as raw_rows
     inner join (
-        select distinct site_id, {{ id_column }} as record_id
+        select distinct site_id, {{ id_column }} as changed_id
         from {{ rows_in_ranges(source('raw', table), time_column,
                                changed_ranges) }} as in_changed_days
     ) as changed_records
-        on others.site_id = changed_records.site_id
-        and others.{{ id_column }} = changed_records.record_id
-    where others.site_id in {{ cascade_site_list(changed_ranges) }}
+        on raw_rows.site_id = changed_records.site_id
+        and raw_rows.{{ id_column }} = changed_records.changed_id
+    where raw_rows.site_id in {{ cascade_site_list(changed_ranges) }}
     {%- endfor %}
     {%- else %}
     select
