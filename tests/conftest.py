@@ -27,15 +27,15 @@ def load_sample(name: str) -> pl.DataFrame:
     return pl.read_json(path, infer_schema_length=None)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Groups for ``--dist loadgroup``: the stack tests run one after another on one worker
     (some stop a service the others use), every other module's tests stay together (so a
-    module's fixtures, such as one dbt build or one simulator, are made once)."""
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        group = "stack" if item.get_closest_marker("stack") else module
-        item.add_marker(pytest.mark.xdist_group(group))
+    module's fixtures, such as one dbt build or one simulator, are made once). Marked as each
+    item is collected: pytest-xdist reads the groups in its own collection_modifyitems, which
+    may run before a conftest's."""
+    module = item.nodeid.split("::", 1)[0]
+    group = "stack" if item.get_closest_marker("stack") else module
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
