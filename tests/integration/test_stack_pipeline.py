@@ -1,7 +1,7 @@
 """The whole chain on the real stack: Nessie branches, MinIO files, dbt on Trino, Postgres marts.
 
-Every test reads from the session's simulator under a site id of its own, so the
-assertions hold on a stack that earlier runs already filled.
+Every test reads a simulated site of its own (a fresh site id per test), so its counts
+hold whatever earlier tests or earlier runs already landed on the stack's main.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 import re
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -24,8 +26,10 @@ from tasks.errors import ValidationFailed
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.settings import marts_url_from_env
+from tasks.simulator import SimulatorServer, SiteConfig
 from tasks.trino import branch_catalog, query
 from tests._iceberg import eq
+from tests.integration.conftest import NOW, SECRET, use_site
 
 pytestmark = pytest.mark.stack
 
@@ -33,6 +37,16 @@ REPO = Path(__file__).resolve().parents[2]
 MARTS = ("mrt_daily_glycaemia", "mrt_quality_coverage", "mrt_agp_hourly", "mrt_agp_hourly_14d")
 FIRST = (date(2024, 3, 1), date(2024, 3, 3))
 SECOND = (date(2024, 3, 4), date(2024, 3, 4))
+
+
+@pytest.fixture
+def own_site(stack_env: dict[str, str], tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Cascade on the stack profile, reading a simulated site no other test reads."""
+    site = SiteConfig(site_id="p" + uuid.uuid4().hex[:8], seed=11, timezone="Europe/London",
+                      api_secret=SECRET)
+    with SimulatorServer([site], now=NOW, history_days=45) as server:
+        yield use_site(monkeypatch, server, site.site_id, tmp_path / "cascade")
 
 
 def _site_rows(catalog_name: str | None, table: str, site_id: str) -> int:
@@ -87,7 +101,7 @@ def _assert_same(stack: pl.DataFrame, embedded: pl.DataFrame, name: str) -> None
 
 
 def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
-    stack_site: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    own_site: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     lake = stack_lakehouse()
     branches = lake.branches
@@ -104,20 +118,20 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
 
     entries_first = first.ingest.tables["entries"].committed
     assert entries_first > 500
-    assert _site_rows(None, "raw.entries", stack_site) == entries_first  # Trino on main
-    days = _site_rows(None, "marts.mrt_daily_glycaemia", stack_site)
+    assert _site_rows(None, "raw.entries", own_site) == entries_first  # Trino on main
+    days = _site_rows(None, "marts.mrt_daily_glycaemia", own_site)
     assert days >= 3
 
     second = backfill(start=SECOND[0], end=SECOND[1], chunk_days=1, dbt_node_tasks=False)
-    entries_all = _site_rows(None, "raw.entries", stack_site)
+    entries_all = _site_rows(None, "raw.entries", own_site)
     assert entries_all > entries_first
     # time travel: the tag of the first promote still reads the data as it was then,
     # through Trino (a catalog at that ref) and through PyIceberg
     with branch_catalog(lake.settings, str(first.tag)) as before:
-        assert _site_rows(before, "raw.entries", stack_site) == entries_first
-        assert _site_rows(before, "marts.mrt_daily_glycaemia", stack_site) == days
+        assert _site_rows(before, "raw.entries", own_site) == entries_first
+        assert _site_rows(before, "marts.mrt_daily_glycaemia", own_site) == days
     old = read_table(branches.catalog(str(first.tag)), "raw.entries",
-                     eq("site_id", stack_site))
+                     eq("site_id", own_site))
     assert old.height == entries_first
     assert str(second.tag) != str(first.tag)
 
@@ -131,17 +145,17 @@ def test_pipeline_lands_on_main_with_one_merge_tag_time_travel_and_same_marts(
     embedded_main = embedded_lakehouse().branches.catalog("main")
     for name in MARTS:
         embedded = read_table(embedded_main, f"marts.{name}",
-                              eq("site_id", stack_site))
-        _assert_same(_postgres_mart(name, stack_site), embedded, name)
+                              eq("site_id", own_site))
+        _assert_same(_postgres_mart(name, own_site), embedded, name)
 
 
-def test_failing_validation_leaves_nessie_main_unchanged(stack_site: str) -> None:
+def test_failing_validation_leaves_nessie_main_unchanged(own_site: str) -> None:
     branches = stack_lakehouse().branches
     result = backfill(start=date(2024, 3, 10), end=date(2024, 3, 10), promote_to_main=False)
     branch = result.branch
     try:
         # lose the site's rows on the branch behind ingestion's back
-        branches.catalog(branch).load_table("raw.entries").delete(eq("site_id", stack_site))
+        branches.catalog(branch).load_table("raw.entries").delete(eq("site_id", own_site))
         main_before = branches.ref("main").hash
         build_branch(branch, node_tasks=False)
         with pytest.raises(ValidationFailed, match=re.escape("reconcile raw.entries")):
@@ -152,7 +166,7 @@ def test_failing_validation_leaves_nessie_main_unchanged(stack_site: str) -> Non
         branches.delete_branch(branch)
 
 
-def test_two_backfills_at_once_both_land(stack_site: str, stack_env: dict[str, str]) -> None:
+def test_two_backfills_at_once_both_land(own_site: str, stack_env: dict[str, str]) -> None:
     """Two processes backfill disjoint ranges at the same time; both end up on main."""
     ranges = [("2024-03-20", "2024-03-21"), ("2024-03-22", "2024-03-23")]
     env = {**os.environ, **stack_env}
@@ -168,7 +182,7 @@ def test_two_backfills_at_once_both_land(stack_site: str, stack_env: dict[str, s
     # redid its range on a fresh branch
     assert any("(attempt 2)" in out for out in outputs), outputs[0][-2000:]
     entries = read_table(stack_lakehouse().branches.catalog("main"), "raw.entries",
-                         eq("site_id", stack_site))
+                         eq("site_id", own_site))
     landed = set(entries.get_column("entry_at").dt.date().unique().to_list())
     assert {date(2024, 3, d) for d in range(20, 24)} <= landed
     assert entries.get_column("entry_id").n_unique() == entries.height  # nothing twice
