@@ -18,8 +18,12 @@ SITE = SiteConfig(site_id="a", seed=11, timezone="Europe/London", api_secret=SEC
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        # the server stores events every 0.5 s instead of 5 s, so a test that waits for
+        # an event it sent (tests/e2e/test_hostile_runs.py) waits less
+        patch.setenv("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStartTime,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.events import emit_event
+from prefect.events.filters import EventFilter, EventResourceFilter
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import (
     PREFECT_API_URL,
@@ -87,9 +91,24 @@ def _prefect_files(since: float) -> list[Path]:
 
 
 def _flush_prefect() -> None:
-    """Let this process's logs and events reach the server before its database is read."""
+    """Wait until every log and event sent so far is in the server's database.
+
+    The server stores logs as they arrive, so sending this process's is enough. Events
+    it writes in batches: a marker event sent after this process's own (over the same
+    connection, stored in order) is readable only once everything before it is stored.
+    A subprocess's logs and events were sent before it exited.
+    """
     APILogHandler().flush()  # sends what the process's log worker holds, and waits
-    time.sleep(3)  # the server writes what it received in its own batches
+    marker = f"cascade.test.flush.{uuid.uuid4().hex}"
+    assert emit_event("cascade.test.flushed", resource={"prefect.resource.id": marker})
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 60
+    stored = EventFilter(resource=EventResourceFilter(id=[marker]))
+    with get_client(sync_client=True) as client:
+        # limit: the server refuses the client's default of 100
+        while not client.read_events(stored, limit=1).events:
+            assert time.monotonic() < deadline, "the server stored no flushed event in 60 s"
+            time.sleep(0.1)
 
 
 def test_a_site_that_is_down_fails_once_in_one_sentence_and_leaves_no_branch(
