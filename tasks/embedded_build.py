@@ -59,7 +59,7 @@ _BATCH_ROWS: Final = 250_000
 _SOURCE_SCHEMAS: Final[dict[str, pl.Schema]] = {
     **{t.identifier: t.polars_schema for t in RAW_TABLES.values()},
     **{layout.identifier: layout.schema for name, layout in AUDIT_TABLES.items()
-       if name in ("duplicates", "ingest_log")},
+       if name in ("duplicates", "ingest_log", "site_settings")},
     CHANGES.identifier: CHANGES.schema,
 }
 _META_DDL: Final = """

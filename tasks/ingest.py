@@ -62,6 +62,7 @@ __all__ = [
     "WindowReport",
     "ingest_profiles",
     "ingest_window",
+    "record_site_settings",
     "resolve_timezone",
     "site_timezone",
 ]
@@ -380,6 +381,23 @@ def ingest_profiles(client: NightscoutClient, catalog: Catalog, ctx: ShapeContex
     return checked.valid
 
 
+def record_site_settings(catalog: Catalog, source: NightscoutSettings, run_id: str,
+                         now: datetime | None = None) -> bool:
+    """Keep the timezone the site's settings name on ``catalog`` (``audit.site_settings``),
+    where the build reads it; a site's row is written when it is new or its zone changed.
+    Returns whether it wrote."""
+    layout = AUDIT_TABLES["site_settings"]
+    where = site_window(layout, source.site_id)
+    if catalog.table_exists(layout.identifier):
+        have = read_table(catalog, layout.identifier, where)
+        if have.height == 1 and have.item(0, "timezone") == source.timezone:
+            return False
+    rows = pl.DataFrame([(source.site_id, source.timezone, run_id, now or datetime.now(UTC))],
+                        schema=layout.schema, orient="row")
+    replace_rows(catalog, layout, rows, where)
+    return True
+
+
 def resolve_timezone(override: str | None, profiles: pl.DataFrame) -> str:
     """The site's timezone: the override, else the latest profile's, else UTC (logged)."""
     if override:
@@ -449,6 +467,7 @@ def ingest_profile_task(lakehouse: Lakehouse, source: NightscoutSettings, branch
         with NightscoutClient(source) as client:
             profiles = ingest_profiles(client, catalog,
                                        _context(source, "UTC", now, now, run_id))
+        record_site_settings(catalog, source, run_id, now)
     timezone = resolve_timezone(source.timezone, profiles)
     get_run_logger().info("site=%s: %d profile(s), timezone %s", source.site_id,
                           profiles.height, timezone)

@@ -266,12 +266,25 @@ CHANGE_CURSOR_SCHEMA: Final = pl.Schema(
     }
 )
 
+# audit.site_settings: per site, the timezone its settings name (its block's, or
+# CASCADE_TIMEZONE; null when neither does), as the last ingest saw them; dbt resolves
+# each site's timezone from it before the profile's (int_site_timezone_resolved)
+SITE_SETTINGS_SCHEMA: Final = pl.Schema(
+    {
+        "site_id": pl.String(),
+        "timezone": pl.String(),
+        "ingest_run_id": pl.String(),
+        "updated_at": _UTC,
+    }
+)
+
 AUDIT_TABLES: Final[dict[str, TableLayout]] = {
     "rejects": TableLayout("audit.rejects", REJECTS_SCHEMA, None, "window_date"),
     "duplicates": TableLayout("audit.duplicates", DUPLICATES_SCHEMA, None, "window_date"),
     "ingest_log": TableLayout("audit.ingest_log", INGEST_LOG_SCHEMA, None, "window_date"),
     "deletions": TableLayout("audit.deletions", DELETIONS_SCHEMA, None, "window_date"),
     "change_cursor": TableLayout("audit.change_cursor", CHANGE_CURSOR_SCHEMA, None, ""),
+    "site_settings": TableLayout("audit.site_settings", SITE_SETTINGS_SCHEMA, None, ""),
 }
 
 INGEST_LOG_TABLE: Final = AUDIT_TABLES["ingest_log"].identifier

@@ -123,3 +123,39 @@ def test_two_blocks_naming_one_site_id_are_refused(
     with pytest.raises(CascadeError, match="clinic-a named by more than one block"):
         backfill(start=START, end=START, sites=[site_blocks[0], "ns-copy"],
                  promote_to_main=False)
+
+
+def test_a_timezone_on_a_sites_block_is_the_one_its_days_follow(
+    two_sites: SimulatorServer, site_blocks: list[str],
+) -> None:
+    """clinic-b's profile says New York; its block says Tokyo, then names no zone again."""
+
+    def block_b(timezone: str | None) -> None:
+        NightscoutSite(url=two_sites.url_for("clinic-b"), site_id="clinic-b",
+                       api_secret=SecretStr(SECRET), timezone=timezone).save(
+                           "ns-clinic-b", overwrite=True)
+
+    def facts() -> pl.DataFrame:
+        main = embedded_lakehouse().branches.catalog("main")
+        return read_table(main, "silver.fct_cgm_reading")
+
+    def zones() -> dict[str, list[str]]:
+        per_site = facts().group_by("site_id").agg(pl.col("timezone_name").unique().sort())
+        return dict(per_site.iter_rows())
+
+    block_b("Asia/Tokyo")
+    result = backfill(start=START, end=START, sites=site_blocks, chunk_days=1,
+                      dbt_node_tasks=False)
+    assert result.ingest.timezones == {"clinic-a": "Europe/London", "clinic-b": "Asia/Tokyo"}
+    assert zones() == {"clinic-a": ["Europe/London"], "clinic-b": ["Asia/Tokyo"]}
+    b = facts().filter(pl.col("site_id") == "clinic-b")
+    tokyo = b.get_column("reading_at").dt.convert_time_zone("Asia/Tokyo").dt.date()
+    assert (b.get_column("local_date") == tokyo).all()
+    with sqlite3.connect(load_lakehouse_settings().marts_path) as db:
+        days = [d for (d,) in db.execute("select local_date from mrt_daily_glycaemia where "
+                                         "site_id = 'clinic-b' order by local_date")]
+    assert days == [str(START), str(date(START.year, START.month, START.day + 1))]  # +9 h
+
+    block_b(None)  # the profile's zone again: every day of the site moves back
+    backfill(start=START, end=START, sites=site_blocks, chunk_days=1, dbt_node_tasks=False)
+    assert zones() == {"clinic-a": ["Europe/London"], "clinic-b": ["America/New_York"]}

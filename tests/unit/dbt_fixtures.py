@@ -71,6 +71,9 @@ create table audit.changed_partitions (
     site_id varchar, table_name varchar, utc_date date, source varchar,
     run_id varchar, recorded_at timestamptz, build_seq bigint
 );
+create table audit.site_settings (
+    site_id varchar, timezone varchar, ingest_run_id varchar, updated_at timestamptz
+);
 create schema cascade_meta;
 create table cascade_meta.built_models (
     schema_name varchar, model_name varchar, grain varchar, touched varchar,
