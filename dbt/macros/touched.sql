@@ -115,8 +115,19 @@
     {{ return(cascade_read_ranges(relation)) }}
 {%- endmacro %}
 
-{# The rows of a touched-set relation, as a list of dicts. #}
+{#
+    The rows of a touched-set relation, as a list of dicts. Every model and
+    test that reads a set asks for it (hundreds per build), and a set does
+    not change once built: it is read once per invocation and kept in the
+    invocation's `graph`, the one object dbt hands every node of an
+    invocation (tests/unit/test_dbt_models.py counts the reads).
+#}
 {% macro cascade_read_ranges(relation) -%}
+    {%- set cache = graph.setdefault('cascade_touched_ranges', {}) -%}
+    {%- set key = invocation_id ~ ' ' ~ relation -%}
+    {%- if key in cache -%}
+        {{ return(cache[key]) }}
+    {%- endif -%}
     {%- set query -%}
         select
             site_id,
@@ -137,6 +148,7 @@
             'first_date': row[3], 'last_date': row[4],
             'start_at': row[5], 'end_at': row[6]}) -%}
     {%- endfor -%}
+    {%- do cache.update({key: ranges}) -%}
     {{ return(ranges) }}
 {%- endmacro %}
 

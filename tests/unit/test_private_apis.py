@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pandera.polars as pa
 import polars as pl
 import pyarrow as pa_arrow
@@ -87,3 +88,39 @@ def test_timestamps_keep_their_zone_through_iceberg_schema() -> None:
     field = iceberg_schema(arrow).find_field("at")
 
     assert str(field.field_type) == "timestamptz"
+
+
+def test_every_node_of_a_dbt_invocation_sees_one_graph_object(tmp_path: Path) -> None:
+    """dbt/macros/touched.sql keeps the touched sets it read in ``graph``, relying on dbt
+    handing every node of one invocation the same dict (its cache key also names the
+    invocation, so an in-process rerun cannot read an earlier build's sets)."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "macros").mkdir()
+    (project / "dbt_project.yml").write_text(
+        "name: pin\nversion: '1.0.0'\nprofile: pin\nconfig-version: 2\n")
+    (project / "profiles.yml").write_text(
+        "pin:\n  target: dev\n  outputs:\n    dev:\n      type: duckdb\n"
+        f"      path: '{tmp_path / 'pin.duckdb'}'\n      threads: 1\n")
+    (project / "macros" / "seen.sql").write_text(
+        "{% macro seen() %}{% set calls = graph.setdefault('pin_calls', []) %}"
+        "{% do calls.append(model.name) %}{{ return(calls | length) }}{% endmacro %}")
+    (project / "models" / "first.sql").write_text(
+        "select {{ seen() if execute else 0 }} as calls")
+    (project / "models" / "second.sql").write_text(
+        "select {{ seen() if execute else 0 }} as calls from {{ ref('first') }}")
+    dbt = str(Path(sys.executable).with_name("dbt"))
+    env = {**os.environ, "DBT_PROFILES_DIR": str(project)}
+    done = subprocess.run([dbt, "run", "--project-dir", str(project), "--target-path",
+                           str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+                           "--no-partial-parse", "--no-send-anonymous-usage-stats"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    with duckdb.connect(str(tmp_path / "pin.duckdb"), read_only=True) as con:
+        calls = con.execute("select (select calls from main.first), "
+                            "(select calls from main.second)").fetchone()
+    assert calls == (1, 2)  # the second model saw the first one's call
