@@ -20,7 +20,7 @@ from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer
 from tests._iceberg import eq
-from tests.e2e.model_compare import MODEL_NAMESPACES, assert_same_tables
+from tests.e2e.model_compare import MODEL_NAMESPACES, assert_same_tables, canonical
 from tests.integration.conftest import NOW
 
 pytestmark = pytest.mark.stack
@@ -34,9 +34,7 @@ def _site_tables(catalog: Catalog, site_id: str) -> dict[str, pl.DataFrame]:
             identifier = f"{namespace}.{name}"
             if "site_id" not in catalog.load_table(identifier).schema().column_names:
                 continue
-            frame = read_table(catalog, identifier, eq("site_id", site_id))
-            out[identifier] = frame.select(sorted(frame.columns)).sort(
-                sorted(frame.columns), nulls_last=True)
+            out[identifier] = canonical(read_table(catalog, identifier, eq("site_id", site_id)))
     return out
 
 
