@@ -120,7 +120,7 @@
     test that reads a set asks for it (hundreds per build), and a set does
     not change once built: it is read once per invocation and kept in the
     invocation's `graph`, the one object dbt hands every node of an
-    invocation (tests/unit/test_dbt_models.py counts the reads).
+    invocation (tests/unit/test_private_apis.py pins that).
 #}
 {% macro cascade_read_ranges(relation) -%}
     {%- set cache = graph.setdefault('cascade_touched_ranges', {}) -%}
