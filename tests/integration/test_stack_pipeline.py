@@ -29,6 +29,7 @@ from tasks.settings import marts_url_from_env
 from tasks.simulator import SimulatorServer, SiteConfig
 from tasks.trino import branch_catalog, query
 from tests._iceberg import eq
+from tests.e2e.model_compare import canonical
 from tests.integration.conftest import NOW, SECRET, use_site
 
 pytestmark = pytest.mark.stack
@@ -69,7 +70,7 @@ def _postgres_mart(name: str, site_id: str) -> pl.DataFrame:
 
 
 def _normalise(frame: pl.DataFrame) -> pl.DataFrame:
-    """Comparable form: floats as Float64, times as naive UTC µs, sorted by every key."""
+    """Comparable form: floats as Float64, times as naive UTC µs, in canonical order."""
     columns = []
     for name, dtype in frame.schema.items():
         col = pl.col(name)
@@ -81,9 +82,7 @@ def _normalise(frame: pl.DataFrame) -> pl.DataFrame:
             col = (col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
                    if dtype.time_zone else col).cast(pl.Datetime("us"))
         columns.append(col.alias(name))
-    out = frame.select(columns)
-    keys = [n for n, t in out.schema.items() if t != pl.Float64]
-    return out.select(sorted(out.columns)).sort(sorted(keys))
+    return canonical(frame.select(columns))
 
 
 def _assert_same(stack: pl.DataFrame, embedded: pl.DataFrame, name: str) -> None:
