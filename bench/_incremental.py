@@ -10,11 +10,14 @@ benchmark does, ``bench._chain``).
 from __future__ import annotations
 
 import inspect
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Any
 
-from bench._cascade import cpu_seconds, peak_rss_mib
+from bench._cascade import cpu_seconds, peak_rss_mib, rss_mib
 
 __all__ = ["run_flow"]
 
@@ -48,6 +51,28 @@ def _call(spec: dict[str, Any], blocks: list[str]) -> Any:
                     chunk_days=spec["chunk_days"], max_concurrency=spec["workers"], **kwargs)
 
 
+@contextmanager
+def _rss_timeline(every_s: float = 0.2) -> Iterator[list[tuple[float, float]]]:
+    """This process's resident memory every ``every_s`` while the block runs: [(POSIX s,
+    MiB)], so each stage's peak can be told apart (the process's high-water mark cannot)."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append((time.time(), rss_mib()[0]))
+            if done.wait(every_s):
+                return
+
+    sampler = threading.Thread(target=sample, name="rss-timeline", daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
+
+
 def run_flow(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the flow of ``spec`` and return its wall times, stages and peak memory.
 
@@ -60,7 +85,8 @@ def run_flow(spec: dict[str, Any]) -> dict[str, Any]:
     blocks = _register_sites(spec["sites"], spec["secret"])
     imported_at = time.time()
     cpu = cpu_seconds()
-    state = _call(spec, blocks)
+    with _rss_timeline() as rss:
+        state = _call(spec, blocks)
     returned_at = time.time()
     cpu = cpu_seconds() - cpu
     if not state.is_completed():
@@ -68,7 +94,7 @@ def run_flow(spec: dict[str, Any]) -> dict[str, Any]:
     runs = _read_back(str(state.state_details.flow_run_id))
     breakdown = chain_breakdown({**runs, "launched_at": spec["launched_at"],
                                  "imported_at": imported_at, "returned_at": returned_at,
-                                 "samples": []})
+                                 "samples": [], "rss": rss})
     result = state.result()
     build: dict[str, Any] = {}
     if isinstance(result, dict):  # the code before typed flow results

@@ -145,7 +145,9 @@ def chain_breakdown(run: dict[str, Any]) -> dict[str, Any]:
     """Stage walls and shares, run counts and the overhead figures of one chain run.
 
     Returns seconds under plain keys (``parent_wall_s``, ``startup_s``, …) and
-    ``stages``: {name: {"wall_s", "share", "runs", "task_runs", "in_task_runs_s"}}.
+    ``stages``: {name: {"wall_s", "share", "runs", "task_runs", "in_task_runs_s"}}, plus
+    each stage's ``peak_rss_mib`` when the run carries a memory timeline (``rss``: [[POSIX
+    s, MiB], ...]).
     """
     parent, flows = run["parent"], run["flow_runs"]
     window = (parent["start"], parent["end"])
@@ -162,6 +164,10 @@ def chain_breakdown(run: dict[str, Any]) -> dict[str, Any]:
         stages[name] = {"wall_s": stage_wall, "share": stage_wall / wall if wall > 0 else 0.0,
                         "runs": len(stage["intervals"]), "task_runs": len(mine),
                         "in_task_runs_s": union_seconds((t["start"], t["end"]) for t in mine)}
+        inside = [mib for at, mib in run.get("rss") or ()
+                  if any(lo <= at <= hi for lo, hi in stage["intervals"])]
+        if inside:  # a stage shorter than the sampling interval has no figure
+            stages[name]["peak_rss_mib"] = max(inside)
     in_tasks = union_seconds(((t["start"], t["end"]) for t in tasks), window)
     out: dict[str, Any] = {
         "process_s": run["returned_at"] - run["launched_at"],

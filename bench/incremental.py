@@ -168,7 +168,9 @@ def _history_run(n: int, sim: Any, sites: list[Any], args: argparse.Namespace, w
 def _line(run: dict[str, Any]) -> str:
     if "failed" in run:
         return f"FAILED ({run['failed']}): {run['stderr'][-400:]}"
-    stages = ", ".join(f"{k} {v['wall_s']:.1f}" for k, v in run["stages"].items())
+    stages = ", ".join(f"{k} {v['wall_s']:.1f} s"
+                       + (f"/{v['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in v else "")
+                       for k, v in run["stages"].items())
     return (f"process {run['seconds']:.1f} s, flow {run['parent_wall_s']:.1f} s ({stages}), "
             f"peak RSS {run['peak_rss_mib']:.0f} MiB, load {run['load'][0]}")
 
@@ -188,7 +190,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"## {label}", "",
                   f"code {block['commit']}, {block['started']}, {block['machine']}", "",
                   ("| history | run | runs | flow wall s (median) | process wall s | CPU s | "
-                   "peak RSS MiB (max) | stages s (median of runs) | load at start |"),
+                   "peak RSS MiB (max) | stages: s (median), peak RSS (max) | load at start |"),
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for h in block["history"]:
             for kind in ("backfill", "daily"):
@@ -203,6 +205,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 stage_names = list(ok[0]["stages"])
                 stages = ", ".join(
                     f"{s} {statistics.median(r['stages'][s]['wall_s'] for r in ok):.1f}"
+                    + (f" ({max(r['stages'][s]['peak_rss_mib'] for r in ok):.0f} MiB)"
+                       if all("peak_rss_mib" in r["stages"][s] for r in ok) else "")
                     for s in stage_names)
                 lines.append(
                     f"| {h['site_years']} site-years | {kind} | {len(ok)} | "
