@@ -12,7 +12,14 @@ from tasks import timeouts
 from tasks.branches import BranchCatalog
 from tasks.build import record_results
 from tasks.build_log import BuildRecord
-from tasks.build_plan import BuildPlan, finish_build, model_builds, plan_build, read_touched
+from tasks.build_plan import (
+    BuildPlan,
+    finish_build,
+    model_builds,
+    plan_build,
+    read_touched,
+    start_build,
+)
 from tasks.dbt_runner import BuildReport, timed
 from tasks.profile import current_profile
 from tasks.settings import load_lakehouse_settings
@@ -25,14 +32,27 @@ def _plan(branches: BranchCatalog, branch: str, full_refresh: bool,
     return plan_build(branches.catalog(branch), branch, full_refresh, select)
 
 
+@task(name="start-build", task_run_name="record build {plan.build_seq} of {plan.branch} as started",
+      cache_policy=NO_CACHE, timeout_seconds=timeouts.BUILD)
+def _start(branches: BranchCatalog, plan: BuildPlan) -> None:
+    start_build(branches.catalog(plan.branch), plan)
+
+
 @task(name="record-build", task_run_name="record build {plan.build_seq} of {plan.branch}",
       cache_policy=NO_CACHE, timeout_seconds=timeouts.BUILD)
 def _finish(branches: BranchCatalog, plan: BuildPlan, results: list[dict[str, Any]],
-            seconds: dict[str, float]) -> BuildRecord:
+            seconds: dict[str, float], rounds_written: int) -> BuildRecord:
     catalog = branches.catalog(plan.branch)
     models = model_builds(plan, results)
     touched = read_touched(catalog, models, plan.full_refresh)
-    return finish_build(catalog, plan, results, models, touched, seconds)
+    return finish_build(catalog, plan, results, models, touched, seconds, rounds_written)
+
+
+def _in_rounds(plan: BuildPlan) -> str:
+    if not plan.rounds:
+        return ""
+    largest = max(len(sites) for sites in plan.rounds)
+    return f" in {len(plan.rounds)} rounds of up to {largest} sites"
 
 
 @flow(name="build_branch", flow_run_name="build {branch}", timeout_seconds=timeouts.BUILD)
@@ -55,6 +75,9 @@ def build_branch(branch: str, select: str | None = None, node_tasks: bool = True
             plainly, which is several times faster on a slow API (see docs/benchmarks.md).
         full_refresh: rebuild every partition of every model (also done by itself when
             the dbt project changed since the models were built, or on a first build).
+            Such a build runs in rounds of a few sites each once the raw rows pass
+            ``CASCADE_BUILD_ROUND_ROWS`` (``tasks.build_rounds``), so its memory follows
+            a round rather than the whole lakehouse.
 
     Failed dbt tests do not raise here: they are recorded, and ``validate`` gates on them.
     When a model fails to build, nothing lands and the changes stay pending.
@@ -64,18 +87,20 @@ def build_branch(branch: str, select: str | None = None, node_tasks: bool = True
     report = BuildReport(branch)
     started = time.perf_counter()
     plan = _plan(branches, branch, full_refresh, select)
+    if plan.rounds:
+        _start(branches, plan)
     timed(report, "plan", started)
-    args = ["build", *plan.dbt_args, *(["--select", select] if select else [])]
     build_dir = load_lakehouse_settings().home / "build"
-    results = profile.build.build(plan, args, build_dir, report, node_tasks)
+    results = profile.build.build(plan, build_dir, report, node_tasks)
     started = time.perf_counter()
-    record = _finish(branches, plan, results, dict(report.seconds))
+    record = _finish(branches, plan, results, dict(report.seconds), report.rounds_written)
     timed(report, "record", started)
     record_results(report, record)
     get_run_logger().info(
         "built %s on %s (build %d, %s): %d dbt nodes, %d failed, %d change rows consumed, "
         "%d sites touched, %d models written in %s", branch, profile.name, record.build_seq,
-        f"everything: {record.reason}" if record.full_refresh else "incremental",
+        (f"everything{_in_rounds(plan)}: {record.reason}" if record.full_refresh
+         else "incremental"),
         len(report.nodes), len(report.failures), report.changes, len(report.touched_sites),
         len(report.exported), report.seconds)
     return report

@@ -24,6 +24,7 @@ from tasks import timeouts
 from tasks.branches import BranchCatalog
 from tasks.build_log import BuildRecord, TouchedSet
 from tasks.build_plan import BuildPlan, build_status
+from tasks.build_rounds import merge_round_results
 from tasks.dbt_runner import BuildReport, dbt_environment, run_dbt, timed, trino_dbt_environment
 from tasks.embedded_build import (
     build_file_lock,
@@ -39,10 +40,11 @@ __all__ = ["BuildEngine", "DuckDbBuild", "TrinoBuild", "record_results"]
 
 
 class BuildEngine(Protocol):
-    """Runs ``dbt <args>`` on the plan's branch and leaves the models there; returns dbt's
-    node results (and fills the report's step times and rows written)."""
+    """Runs the plan's dbt invocations (one, or one per round of sites) on its branch and
+    leaves the models there; returns dbt's node results, merged over the rounds (and fills
+    the report's step times, rows written and rounds written)."""
 
-    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]: ...
 
 
@@ -52,20 +54,27 @@ class DuckDbBuild:
 
     branches: BranchCatalog
 
-    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]:
+        rounds: list[list[dict[str, Any]]] = []
         with build_file_lock(build_dir) as path:
-            started = time.perf_counter()
-            _prepare(self.branches, plan.branch, path)
-            timed(report, "prepare", started)
-            started = time.perf_counter()
-            results = run_dbt(args, dbt_environment(build_dir, path), in_prefect=node_tasks)
-            timed(report, "dbt_build", started)
-            if build_status(results) != "error":  # a model failed: nothing lands
+            for args in plan.dbt_invocations():
                 started = time.perf_counter()
-                report.exported = _land(self.branches, plan.branch, path, results)
-                timed(report, "land_in_iceberg", started)
-        return results
+                _prepare(self.branches, plan.branch, path)
+                _add_time(report, "prepare", started)
+                started = time.perf_counter()
+                results = run_dbt(args, dbt_environment(build_dir, path), in_prefect=node_tasks)
+                _add_time(report, "dbt_build", started)
+                rounds.append(results)
+                if build_status(results) == "error":  # a model failed: nothing lands
+                    break
+                started = time.perf_counter()
+                landed = _land(self.branches, plan.branch, path, results)
+                for model, rows in landed.items():
+                    report.exported[model] = report.exported.get(model, 0) + rows
+                report.rounds_written += 1
+                _add_time(report, "land_in_iceberg", started)
+        return merge_round_results(rounds)
 
 
 @dataclass(frozen=True)
@@ -75,15 +84,28 @@ class TrinoBuild:
     settings: StackSettings
     branches: BranchCatalog
 
-    def build(self, plan: BuildPlan, args: list[str], build_dir: Path, report: BuildReport,
+    def build(self, plan: BuildPlan, build_dir: Path, report: BuildReport,
               node_tasks: bool) -> list[dict[str, Any]]:
+        rounds: list[list[dict[str, Any]]] = []
         started = time.perf_counter()
         with branch_catalog(self.settings, plan.branch) as catalog:
             env = trino_dbt_environment(build_dir, self.settings, catalog)
-            results = run_dbt(args, env, in_prefect=node_tasks)
+            for args in plan.dbt_invocations():
+                rounds.append(run_dbt(args, env, in_prefect=node_tasks))
+                report.rounds_written += 1  # models are rebuilt in place as dbt goes
+                for model, rows in _rows_written(self.branches, plan.branch,
+                                                 rounds[-1]).items():
+                    report.exported[model] = report.exported.get(model, 0) + rows
+                if build_status(rounds[-1]) == "error":
+                    break
         timed(report, "dbt_build", started)
-        report.exported = _rows_written(self.branches, plan.branch, results)
-        return results
+        return merge_round_results(rounds)
+
+
+def _add_time(report: BuildReport, step: str, started: float) -> None:
+    """Add a step's wall time to the report (a build in rounds runs each step per round)."""
+    report.seconds[step] = round(report.seconds.get(step, 0.0)
+                                 + time.perf_counter() - started, 3)
 
 
 def record_results(report: BuildReport, record: BuildRecord) -> None:

@@ -247,9 +247,11 @@ def _read(catalog: Catalog, where: BooleanExpression) -> list[BuildRecord]:
 
 
 def write_build(catalog: Catalog, record: BuildRecord) -> None:
-    """Append ``record`` to the branch's build log, its number in the snapshot summary."""
+    """Append ``record`` to the branch's build log, its number in the snapshot summary; it
+    takes the place of a record of the same build written when the build started."""
     frame = pl.DataFrame([record.to_row()], schema=BUILD_LOG.schema)
-    replace_rows(catalog, BUILD_LOG, frame, AlwaysFalse(),
+    replace_rows(catalog, BUILD_LOG, frame,
+                 EqualTo(term=Reference("build_seq"), value=literal(record.build_seq)),
                  snapshot_properties={SEQ_PROPERTY: str(record.build_seq)})
 
 

@@ -30,6 +30,14 @@ from tasks.build_log import (
     table_locations,
     write_build,
 )
+from tasks.build_rounds import (
+    DEFAULT_ROUND_ROWS,
+    ROUND_ROWS_ENV,
+    plan_rounds,
+    raw_rows_by_site,
+    round_args,
+    round_rows,
+)
 from tasks.changes import pending_changes, stamp_changes
 from tasks.dbt_runner import project_checksum
 from tasks.errors import BranchError
@@ -37,17 +45,24 @@ from tasks.lakehouse import read_table, replace_rows
 from tasks.tables import CHANGES, SITE_PARAMETERS
 
 __all__ = [
+    "INCOMPLETE",
     "BuildPlan",
     "build_status",
+    "failure_hint",
     "finish_build",
     "model_builds",
     "plan_build",
     "read_touched",
+    "start_build",
 ]
 
 logger = logging.getLogger("cascade.build")
 
 _BUILT: Final = "build.int_site_parameters"
+# models_checksum of a build in rounds that failed after a round wrote its models: the
+# models then hold some sites rebuilt and others not, and only a full build mends them
+INCOMPLETE: Final = "incomplete"
+MEMORY_LIMIT_ENV: Final = "CASCADE_DUCKDB_MEMORY_LIMIT"  # read by dbt/profiles.yml
 _MODEL_ERRORS: Final = ("error", "runtime error", "skipped")
 _TEST_FAILURES: Final = ("fail", "error", "runtime error")
 
@@ -67,6 +82,8 @@ class BuildPlan:
     changes_location: str | None  # audit.changed_partitions as planned
     pending: pl.DataFrame = field(compare=False, repr=False)
     consume: bool = True  # stamp the pending changes (False: a partial `select` build)
+    select: str | None = None
+    rounds: tuple[tuple[str, ...], ...] = ()  # sites per round of a full build (tasks.build_rounds)
 
     @property
     def dbt_args(self) -> list[str]:
@@ -76,6 +93,14 @@ class BuildPlan:
         if self.full_refresh:
             return ["--full-refresh"]
         return ["--exclude", "resource_type:unit_test"]
+
+    def dbt_invocations(self) -> list[list[str]]:
+        """The dbt command lines of this build: one, or one per round of sites."""
+        if not self.rounds:
+            return [["build", *self.dbt_args,
+                     *(["--select", self.select] if self.select else [])]]
+        return [["build", *round_args(self.dbt_args, sites, first=i == 0)]
+                for i, sites in enumerate(self.rounds)]
 
 
 def plan_build(catalog: Catalog, branch: str, full_refresh: bool = False,
@@ -94,6 +119,9 @@ def plan_build(catalog: Catalog, branch: str, full_refresh: bool = False,
         reason = f"a partial build ({select}) rebuilds the models it selects whole"
     elif previous is None:
         reason = "no earlier build in this branch's history"
+    elif built_with == INCOMPLETE:
+        reason = (f"build {previous.build_seq} stopped part-way through its rounds of sites, "
+                  "after some of them were rebuilt")
     elif built_with != checksum:
         reason = (f"the dbt project changed since the models were built "
                   f"({built_with or 'unknown'} -> {checksum})")
@@ -102,11 +130,14 @@ def plan_build(catalog: Catalog, branch: str, full_refresh: bool = False,
     existing = frozenset(_tables(catalog))
     changes = (catalog.load_table(CHANGES.identifier).metadata_location
                if CHANGES.identifier in existing else None)
+    rounds = plan_rounds(raw_rows_by_site(catalog), round_rows()) \
+        if reason and not select else ()
     return BuildPlan(
         branch=branch, build_seq=(previous.build_seq + 1) if previous else 1,
         build_id=uuid.uuid4().hex, full_refresh=bool(reason), reason=reason,
         project_checksum=checksum, models_checksum=built_with, existing_tables=existing,
-        changes_location=changes, pending=pending_changes(catalog), consume=not select)
+        changes_location=changes, pending=pending_changes(catalog), consume=not select,
+        select=select, rounds=rounds)
 
 
 def _tables(catalog: Catalog) -> list[str]:
@@ -155,10 +186,33 @@ def read_touched(catalog: Catalog, models: dict[str, ModelBuild],
             for name in sorted(sets)}
 
 
+def start_build(catalog: Catalog, plan: BuildPlan) -> None:
+    """Before a build in rounds writes anything: record it as failed and incomplete.
+
+    Its rounds write the branch's models one after another, so a process that stops
+    between them (killed, out of memory) leaves some sites rebuilt and others not. This
+    record says so to ``validate`` (which refuses the branch) and to the next build (which
+    rebuilds everything); ``finish_build`` writes the build's real record in its place.
+    """
+    if not plan.rounds:
+        return
+    write_build(catalog, BuildRecord(
+        build_seq=plan.build_seq, build_id=plan.build_id, branch=plan.branch,
+        built_at=datetime.now(UTC), full_refresh=plan.full_refresh, reason=plan.reason,
+        project_checksum=plan.project_checksum, models_checksum=INCOMPLETE, status="error",
+        n_failed=1, failures=(
+            f"build {plan.build_seq} did not finish its {len(plan.rounds)} rounds of sites "
+            "(the process stopped): run build_branch again, it rebuilds everything",),
+        tables=table_locations(catalog)))
+
+
 def finish_build(catalog: Catalog, plan: BuildPlan, results: list[dict[str, Any]],
                  models: dict[str, ModelBuild], touched: dict[str, TouchedSet],
-                 seconds: dict[str, float]) -> BuildRecord:
+                 seconds: dict[str, float], rounds_written: int = 0) -> BuildRecord:
     """Keep the site-level values, consume the changes and append the build's record.
+
+    A build in rounds (``plan.rounds``) that fails after ``rounds_written`` rounds wrote
+    their models is recorded as incomplete, so the next build rebuilds everything.
 
     Raises:
         BranchError: the change rows moved while the build ran (another writer on the
@@ -172,14 +226,14 @@ def finish_build(catalog: Catalog, plan: BuildPlan, results: list[dict[str, Any]
             _keep_site_parameters(catalog)
         consumed = _consume(catalog, plan)
     failures = [f"{r['unique_id']}: {r['status']} {r['message'] or ''}".strip()
+                + failure_hint(r["message"] or "")
                 for r in results if r["status"] in (*_MODEL_ERRORS, *_TEST_FAILURES)
                 and r["status"] != "skipped"]
     record = BuildRecord(
         build_seq=plan.build_seq, build_id=plan.build_id, branch=plan.branch,
         built_at=datetime.now(UTC), full_refresh=plan.full_refresh, reason=plan.reason,
         project_checksum=plan.project_checksum,
-        models_checksum=plan.project_checksum if landed and plan.consume
-        else plan.models_checksum,
+        models_checksum=_models_checksum(plan, landed, rounds_written),
         status=status,
         n_models=sum(r["resource_type"] == "model" for r in results),
         n_tests=sum(r["resource_type"] in ("test", "unit_test") for r in results),
@@ -189,6 +243,24 @@ def finish_build(catalog: Catalog, plan: BuildPlan, results: list[dict[str, Any]
         tables=table_locations(catalog), seconds=seconds)
     write_build(catalog, record)
     return record
+
+
+def failure_hint(message: str) -> str:
+    """What the user can do about a dbt failure whose cause is the machine, not the data."""
+    if "Out of Memory" in message:  # DuckDB's OutOfMemoryException
+        return (f" (DuckDB ran out of memory: raise {MEMORY_LIMIT_ENV}, default 2GB, or lower "
+                f"{ROUND_ROWS_ENV}, default {DEFAULT_ROUND_ROWS:_}, so that a build of "
+                "everything runs in smaller rounds of sites)")
+    return ""
+
+
+def _models_checksum(plan: BuildPlan, landed: bool, rounds_written: int) -> str:
+    """The project the branch's models are built with once this build is done."""
+    if landed and plan.consume:
+        return plan.project_checksum
+    if plan.rounds and rounds_written:
+        return INCOMPLETE
+    return plan.models_checksum
 
 
 def _keep_site_parameters(catalog: Catalog) -> None:

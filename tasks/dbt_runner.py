@@ -71,6 +71,7 @@ class BuildReport:
     changes: int = 0  # change rows consumed
     touched_sites: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    rounds_written: int = 0  # dbt invocations that wrote models (tasks.build_rounds)
 
     @property
     def tests(self) -> dict[str, str]:

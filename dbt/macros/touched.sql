@@ -78,12 +78,50 @@
     {{ return(execute and flags.WHICH in ('build', 'run', 'test', 'retry')) }}
 {%- endmacro %}
 
-{# Whether the model being compiled is built whole (see above). #}
+{#
+    The sites this build round is limited to (var build_sites, a list), or
+    none. A build of many sites' whole history runs in rounds of a few sites
+    each (tasks/build_rounds.py), so its memory follows a round, not the
+    lakehouse: a round rebuilds its sites whole and leaves the others as
+    they are, and the first round of a full refresh starts every model from
+    empty.
+#}
+{% macro cascade_round_sites() -%}
+    {%- if not execute -%}
+        {{ return(none) }}  {#- parsing (and linting): no round yet -#}
+    {%- endif -%}
+    {%- set sites = var('build_sites', none) -%}
+    {%- if sites is string -%}
+        {{ exceptions.raise_compiler_error(
+            'var build_sites: a list of site ids, not ' ~ sites) }}
+    {%- endif -%}
+    {{ return(sites if sites else none) }}
+{%- endmacro %}
+
+{#
+    Whether the model being compiled is built whole, its filters passing
+    every row (see above; never in a round, which filters to its sites).
+#}
 {% macro cascade_builds_whole() -%}
-    {%- if not cascade_reads_database() or flags.FULL_REFRESH -%}
+    {%- if not cascade_reads_database() -%}
         {{ return(true) }}
     {%- endif -%}
     {%- if model.resource_type != 'model' -%}
+        {{ return(true) }}
+    {%- endif -%}
+    {%- if cascade_round_sites() is not none -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {{ return(cascade_starts_empty()) }}
+{%- endmacro %}
+
+{#
+    Whether the model's rows before this build are dropped rather than kept
+    outside its touched partitions: on --full-refresh, or when it has no
+    prior rows.
+#}
+{% macro cascade_starts_empty() -%}
+    {%- if not cascade_reads_database() or flags.FULL_REFRESH -%}
         {{ return(true) }}
     {%- endif -%}
     {{ return(cascade_prior_relation(model.name) is none) }}

@@ -2,6 +2,8 @@
     Materialization `partitioned`: a model kept by partition (config grain
     'site_day' or 'site'), rebuilt only where its touched set says (config
     touched, see touched.sql), or whole (--full-refresh, no prior rows).
+    A round of a many-site build (var build_sites) rebuilds its sites only;
+    the first round of a full refresh drops the rows before it.
     Rows of a rebuilt partition are deleted and written again, so a row
     removed upstream disappears here too.
 
@@ -15,7 +17,7 @@
 
 {% materialization partitioned, adapter='duckdb', supported_languages=['sql'] %}
     {%- set grain = config.require('grain') -%}
-    {%- set whole = cascade_builds_whole() -%}
+    {%- set fresh = cascade_starts_empty() -%}
     {%- set target_relation = this.incorporate(type='view') -%}
     {%- set delta = api.Relation.create(
         database=this.database, schema=this.schema,
@@ -31,7 +33,7 @@
     {%- set column_list -%}
         {%- for name in names %}"{{ name }}"{{ ', ' if not loop.last }}{% endfor -%}
     {%- endset -%}
-    {% if whole %}
+    {% if fresh %}
         {% call statement('view') -%}
             create view {{ target_relation }} as select * from {{ delta }}
         {%- endcall %}
@@ -51,7 +53,7 @@
     {% call statement('record') -%}
         insert into cascade_meta.built_models values (
             '{{ this.schema }}', '{{ this.identifier }}', '{{ grain }}',
-            '{{ config.get("touched") }}', {{ 'true' if whole else 'false' }})
+            '{{ config.get("touched") }}', {{ 'true' if fresh else 'false' }})
     {%- endcall %}
     {{ run_hooks(post_hooks) }}
     {% do adapter.commit() %}
@@ -60,11 +62,11 @@
 
 {% materialization partitioned, adapter='trino', supported_languages=['sql'] %}
     {%- set grain = config.require('grain') -%}
-    {%- set whole = cascade_builds_whole() -%}
+    {%- set fresh = cascade_starts_empty() -%}
     {%- set existing = load_cached_relation(this) -%}
     {%- set target_relation = this.incorporate(type='table') -%}
     {{ run_hooks(pre_hooks) }}
-    {% if whole or existing is none %}
+    {% if fresh or existing is none %}
         {% call statement('main') -%}
             create or replace table {{ target_relation }}
             with (partitioning = {{ cascade_trino_partitioning(grain) }})

@@ -4,17 +4,29 @@
     the one or two local days it overlaps in the site's timezone. A site is
     rebuilt whole when it is new, when its timezone changed (every local
     date moves; with or without pending changes), or when a change names no
-    day.
+    day. A round of a many-site build (cascade_round_sites) rebuilds its own
+    sites whole, and no other.
 #}
 {{ config(materialized='table') }}
+
+{%- set round_sites = cascade_round_sites() %}
 
 with
 
 pending as (
 
+    {%- if round_sites is none %}
     select distinct site_id, utc_date
     from {{ source('audit', 'changed_partitions') }}
     where build_seq is null
+    {%- else %}
+    {%- for site in round_sites %}
+    {{ 'union all' if not loop.first }}
+    select
+        {{ cascade_literal(site) }} as site_id,
+        cast(null as date) as utc_date
+    {%- endfor %}
+    {%- endif %}
 
 ),
 
@@ -38,8 +50,10 @@ sites as (
         {{ site_timezone('site_timezone.timezone_name') }} as timezone_name
     from (
         select site_id from pending
+        {%- if round_sites is none %}
         union
         select site_id from previous
+        {%- endif %}
     ) as known
     left join site_timezone
         on known.site_id = site_timezone.site_id
