@@ -1,11 +1,13 @@
 """Incremental builds on the stack (dbt-trino on Iceberg, inside Nessie branches) end where a
-full rebuild ends: nightly runs across DST with late readings and a re-ingested day.
+full rebuild ends: nightly runs across DST with late readings and a re-ingested day. The full
+rebuild runs in two rounds of sites, so both ways a round writes a model on Trino are checked.
 
 The stack's main is shared by every session, so only this session's site is compared.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
@@ -14,15 +16,16 @@ import pytest
 from pyiceberg.catalog import Catalog
 
 from flows.build_branch import build_branch
+from flows.ingest_day import ingest_day
 from flows.pipeline import backfill, daily
 from tasks.build_log import builds_after, latest_build_seq
 from tasks.build_rounds import ROUND_ROWS_ENV, plan_rounds, raw_rows_by_site
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
-from tasks.simulator import SimulatorServer
+from tasks.simulator import SimulatorServer, SiteConfig
 from tests._iceberg import eq
 from tests.e2e.model_compare import MODEL_NAMESPACES, assert_same_tables, canonical
-from tests.integration.conftest import NOW
+from tests.integration.conftest import NOW, SECRET
 
 pytestmark = pytest.mark.stack
 
@@ -63,19 +66,35 @@ def test_trino_incremental_builds_equal_a_full_rebuild(stack_site: str, clock: S
     assert len(ours) == 3 and not any(b.full_refresh for b in ours)
     assert all(b.rebuilt("marts.mrt_daily_glycaemia").sites() == {stack_site} for b in ours)
 
-    # the full rebuild runs in two rounds of sites (tasks.build_rounds): the first creates
-    # every model afresh, the second adds its sites in place
-    rows = raw_rows_by_site(main)
-    budget = sum(rows.values()) // 2 + max(rows.values())
-    rounds = plan_rounds(rows, budget)
-    monkeypatch.setenv(ROUND_ROWS_ENV, str(budget))
+    # The full rebuild runs in two rounds of sites (tasks.build_rounds): the first creates
+    # every model afresh with every site main holds (this one among them), the second adds
+    # a day of another site, ingested on the branch and sorted last, in place.
     name = f"full-{stack_site}"
     branches.create_branch(name, "main")
     try:
+        other = _ingest_another_site(name, monkeypatch)
+        rows = raw_rows_by_site(branches.catalog(name))
+        budget = sum(rows.values()) - rows[other]
+        assert plan_rounds(rows, budget)[-1] == (other,)
+        monkeypatch.setenv(ROUND_ROWS_ENV, str(budget))
         report = build_branch(name, node_tasks=False, full_refresh=True)
         assert report.full_refresh and report.status == "success"
-        assert report.rounds_written == max(len(rounds), 1)
+        assert report.rounds_written == 2
         assert_same_tables(_site_tables(main, stack_site),
                            _site_tables(branches.catalog(name), stack_site))
+        added = _site_tables(branches.catalog(name), other)["marts.mrt_daily_glycaemia"]
+        assert added.height >= 1 and added.get_column("n_readings").sum() > 200
     finally:
         branches.delete_branch(name)
+
+
+def _ingest_another_site(branch: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """One day of a site no other test reads, onto ``branch``; its site id (sorted last)."""
+    site = SiteConfig(site_id="zz" + uuid.uuid4().hex[:8], seed=43, timezone="Asia/Tokyo",
+                      api_secret=SECRET)
+    with SimulatorServer([site], now=NOW, history_days=40) as server, \
+            monkeypatch.context() as env:
+        env.setenv("NIGHTSCOUT_URL", server.url_for(site.site_id))
+        env.setenv("NIGHTSCOUT_SITE_ID", site.site_id)
+        ingest_day(day=date(2024, 3, 28), branch=branch)
+    return site.site_id
