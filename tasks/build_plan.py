@@ -34,9 +34,9 @@ from tasks.build_rounds import (
     DEFAULT_ROUND_ROWS,
     ROUND_ROWS_ENV,
     plan_rounds,
-    raw_rows_by_site,
-    round_args,
     round_rows,
+    round_vars,
+    source_rows_by_site,
 )
 from tasks.changes import pending_changes, stamp_changes
 from tasks.dbt_runner import project_checksum
@@ -59,6 +59,12 @@ __all__ = [
 logger = logging.getLogger("cascade.build")
 
 _BUILT: Final = "build.int_site_parameters"
+# dbt's options for a build that adds to the models already built (an incremental build, a
+# later round). Unit tests check the models' logic on fixed rows, which only a change of the
+# project changes, and such a change rebuilds everything. Source tests check raw rows that
+# ingest's contracts checked as they landed, each over the whole table, so their cost would
+# follow the history. Both run on every build of everything.
+_ADDING: Final = ("--exclude", "resource_type:unit_test", "source:*")
 # models_checksum of a build in rounds that failed after a round wrote its models: the
 # models then hold some sites rebuilt and others not, and only a full build mends them
 INCOMPLETE: Final = "incomplete"
@@ -87,19 +93,16 @@ class BuildPlan:
 
     @property
     def dbt_args(self) -> list[str]:
-        """dbt's options for this build. Unit tests check the models' logic on fixed rows,
-        which only a change of the project changes, and such a change rebuilds everything:
-        they run on full builds, not on incremental ones."""
-        if self.full_refresh:
-            return ["--full-refresh"]
-        return ["--exclude", "resource_type:unit_test"]
+        """dbt's options for this build: everything, or what adds to the models built."""
+        return ["--full-refresh"] if self.full_refresh else list(_ADDING)
 
     def dbt_invocations(self) -> list[list[str]]:
-        """The dbt command lines of this build: one, or one per round of sites."""
+        """The dbt command lines of this build: one, or one per round of sites (the rounds
+        after the first add to the models the first one built)."""
         if not self.rounds:
             return [["build", *self.dbt_args,
                      *(["--select", self.select] if self.select else [])]]
-        return [["build", *round_args(self.dbt_args, sites, first=i == 0)]
+        return [["build", *(self.dbt_args if i == 0 else _ADDING), *round_vars(sites)]
                 for i, sites in enumerate(self.rounds)]
 
 
@@ -130,7 +133,7 @@ def plan_build(catalog: Catalog, branch: str, full_refresh: bool = False,
     existing = frozenset(_tables(catalog))
     changes = (catalog.load_table(CHANGES.identifier).metadata_location
                if CHANGES.identifier in existing else None)
-    rounds = plan_rounds(raw_rows_by_site(catalog), round_rows()) \
+    rounds = plan_rounds(source_rows_by_site(catalog), round_rows()) \
         if reason and not select else ()
     return BuildPlan(
         branch=branch, build_seq=(previous.build_seq + 1) if previous else 1,

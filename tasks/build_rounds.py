@@ -3,7 +3,7 @@
 A full build (the first build of a lakehouse, ``full_refresh``, a changed dbt project)
 rebuilds every site's whole history. Run as one dbt invocation, its memory grows with the
 lakehouse: 2.65 GB at 10 site-years on the embedded profile. Here it is cut into rounds of
-sites whose raw rows fit ``CASCADE_BUILD_ROUND_ROWS`` (a site larger than that is a round
+sites whose source rows fit ``CASCADE_BUILD_ROUND_ROWS`` (a site larger than that is a round
 of its own), so the build's memory follows the largest round instead.
 
 Each round is one dbt invocation with the dbt var ``build_sites``: its sites are rebuilt
@@ -11,8 +11,8 @@ whole, every other site's partitions are left as they are, and the first round o
 build starts every model from empty (dbt/macros/touched.sql, ``cascade_round_sites``).
 When everything fits one round, the build is one invocation with no var, as before.
 
-The raw rows per site come from the raw tables' partition summaries (Iceberg metadata; no
-data file is read).
+The rows per site come from the partition summaries of the tables dbt reads (Iceberg
+metadata; no data file is read).
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ from typing import Any, Final
 from pyiceberg.catalog import Catalog
 
 from tasks.errors import ConfigError
-from tasks.tables import RAW_TABLES
+from tasks.tables import AUDIT_TABLES, DBT_AUDIT_SOURCES, RAW_TABLES
 
 __all__ = [
     "DEFAULT_ROUND_ROWS",
     "ROUND_ROWS_ENV",
     "merge_round_results",
     "plan_rounds",
-    "raw_rows_by_site",
-    "round_args",
     "round_rows",
+    "round_vars",
+    "source_rows_by_site",
 ]
 
 ROUND_ROWS_ENV: Final = "CASCADE_BUILD_ROUND_ROWS"
-# About 2.5 site-years of 5-minute readings with their device status and treatments
-# (~200k raw rows per site-year): one such round peaks near 1 GB on the embedded profile
-# (docs/benchmarks.md, "Recurring runs as the history grows").
+# About two site-years of 5-minute readings with their device status and treatments
+# (~220k source rows per site-year): a first backfill of 30 site-years in such rounds peaked
+# at 1.4 GB on the embedded profile (docs/benchmarks.md, "Recurring runs as the history grows").
 DEFAULT_ROUND_ROWS: Final = 500_000
 
 # dbt statuses from the worst down: a node that ran in several rounds keeps its worst
@@ -49,7 +49,7 @@ _SEVERITY: Final = {"error": 5, "runtime error": 5, "fail": 4, "skipped": 3, "wa
 
 
 def round_rows() -> int:
-    """The raw rows a round may hold (``CASCADE_BUILD_ROUND_ROWS``).
+    """The source rows a round may hold (``CASCADE_BUILD_ROUND_ROWS``).
 
     Raises:
         ConfigError: the setting is not a positive whole number.
@@ -63,18 +63,21 @@ def round_rows() -> int:
         value = 0
     if value <= 0:
         raise ConfigError(
-            f"{ROUND_ROWS_ENV}={text!r}: set it to the raw rows one build round may hold, a "
+            f"{ROUND_ROWS_ENV}={text!r}: set it to the source rows one build round may hold, a "
             f"positive whole number (default {DEFAULT_ROUND_ROWS})")
     return value
 
 
-def raw_rows_by_site(catalog: Catalog) -> dict[str, int]:
-    """Rows per site over the raw tables of the branch, from their partition summaries."""
+def source_rows_by_site(catalog: Catalog) -> dict[str, int]:
+    """Rows per site over the tables dbt reads (raw, and the audit sources: a site whose
+    ingest found no rows has only those), from their partition summaries."""
     counts: Counter[str] = Counter()
-    for raw in RAW_TABLES.values():
-        if not catalog.table_exists(raw.identifier):
+    sources = [t.identifier for t in RAW_TABLES.values()]
+    sources += [AUDIT_TABLES[name].identifier for name in DBT_AUDIT_SOURCES]
+    for identifier in sources:
+        if not catalog.table_exists(identifier):
             continue
-        partitions = catalog.load_table(raw.identifier).inspect.partitions()
+        partitions = catalog.load_table(identifier).inspect.partitions()
         if partitions.num_rows == 0:
             continue
         sites = partitions.column("partition").combine_chunks().field("site_id").to_pylist()
@@ -85,7 +88,7 @@ def raw_rows_by_site(catalog: Catalog) -> dict[str, int]:
 
 
 def plan_rounds(rows_by_site: Mapping[str, int], budget: int) -> tuple[tuple[str, ...], ...]:
-    """Sites in rounds of at most ``budget`` raw rows, in site order; ``()`` when all fit
+    """Sites in rounds of at most ``budget`` source rows, in site order; ``()`` when all fit
     one round (the build then runs as a single invocation over every site)."""
     if sum(rows_by_site.values()) <= budget:
         return ()
@@ -101,12 +104,9 @@ def plan_rounds(rows_by_site: Mapping[str, int], budget: int) -> tuple[tuple[str
     return tuple(tuple(r) for r in rounds)
 
 
-def round_args(base: list[str], sites: tuple[str, ...], first: bool) -> list[str]:
-    """dbt's options for a round of ``sites`` of a full build: ``base`` (the build's own)
-    for the first round; later rounds add to what the earlier ones built, so they neither
-    refresh fully nor run the unit tests again."""
-    args = list(base) if first else ["--exclude", "resource_type:unit_test"]
-    return [*args, "--vars", json.dumps({"build_sites": list(sites)})]
+def round_vars(sites: tuple[str, ...]) -> list[str]:
+    """dbt's options that limit an invocation to the round of ``sites``."""
+    return ["--vars", json.dumps({"build_sites": list(sites)})]
 
 
 def merge_round_results(rounds: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from tasks.errors import CascadeError
 from tasks.faults import fault_point
 from tasks.lakehouse import replace_batches
 from tasks.query import load_iceberg_extension
-from tasks.tables import AUDIT_TABLES, CHANGES, RAW_TABLES, TableLayout
+from tasks.tables import AUDIT_TABLES, CHANGES, DBT_AUDIT_SOURCES, RAW_TABLES, TableLayout
 
 __all__ = [
     "BUILD_FILE",
@@ -59,7 +59,7 @@ _BATCH_ROWS: Final = 250_000
 _SOURCE_SCHEMAS: Final[dict[str, pl.Schema]] = {
     **{t.identifier: t.polars_schema for t in RAW_TABLES.values()},
     **{layout.identifier: layout.schema for name, layout in AUDIT_TABLES.items()
-       if name in ("duplicates", "ingest_log", "site_settings")},
+       if name in DBT_AUDIT_SOURCES},
     CHANGES.identifier: CHANGES.schema,
 }
 _META_DDL: Final = """

@@ -286,6 +286,9 @@ AUDIT_TABLES: Final[dict[str, TableLayout]] = {
     "change_cursor": TableLayout("audit.change_cursor", CHANGE_CURSOR_SCHEMA, None, ""),
     "site_settings": TableLayout("audit.site_settings", SITE_SETTINGS_SCHEMA, None, ""),
 }
+# the audit tables dbt reads as sources (dbt/models/staging/__sources.yml), besides the
+# change rows (CHANGES)
+DBT_AUDIT_SOURCES: Final = ("duplicates", "ingest_log", "site_settings")
 
 INGEST_LOG_TABLE: Final = AUDIT_TABLES["ingest_log"].identifier
 

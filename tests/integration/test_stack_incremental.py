@@ -19,7 +19,7 @@ from flows.build_branch import build_branch
 from flows.ingest_day import ingest_day
 from flows.pipeline import backfill, daily
 from tasks.build_log import builds_after, latest_build_seq
-from tasks.build_rounds import ROUND_ROWS_ENV, plan_rounds, raw_rows_by_site
+from tasks.build_rounds import ROUND_ROWS_ENV, plan_rounds, source_rows_by_site
 from tasks.lakehouse import read_table
 from tasks.profile import stack_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
@@ -73,7 +73,7 @@ def test_trino_incremental_builds_equal_a_full_rebuild(stack_site: str, clock: S
     branches.create_branch(name, "main")
     try:
         other = _ingest_another_site(name, monkeypatch)
-        rows = raw_rows_by_site(branches.catalog(name))
+        rows = source_rows_by_site(branches.catalog(name))
         budget = sum(rows.values()) - rows[other]
         assert plan_rounds(rows, budget)[-1] == (other,)
         monkeypatch.setenv(ROUND_ROWS_ENV, str(budget))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
+from tasks.build_plan import BuildPlan
 from tasks.build_rounds import (
     DEFAULT_ROUND_ROWS,
     ROUND_ROWS_ENV,
     merge_round_results,
     plan_rounds,
-    round_args,
     round_rows,
 )
 from tasks.errors import ConfigError
@@ -41,13 +42,18 @@ def test_every_site_is_in_exactly_one_round() -> None:
 
 
 def test_the_first_round_runs_the_builds_own_options_and_later_ones_add_to_it() -> None:
-    first = round_args(["--full-refresh"], ("a", "b"), first=True)
-    later = round_args(["--full-refresh"], ("c",), first=False)
-    assert first[:1] == ["--full-refresh"]
+    plan = BuildPlan(
+        branch="b", build_seq=1, build_id="x", full_refresh=True, reason="asked for",
+        project_checksum="p", models_checksum="", existing_tables=frozenset(),
+        changes_location=None, pending=pl.DataFrame(), rounds=(("a", "b"), ("c",)))
+    first, later = plan.dbt_invocations()
+    assert first[:2] == ["build", "--full-refresh"]
     assert "--full-refresh" not in later
-    assert later[:2] == ["--exclude", "resource_type:unit_test"]
+    assert later[:5] == ["build", "--exclude", "resource_type:unit_test", "source:*", "--vars"]
     assert json.loads(first[first.index("--vars") + 1]) == {"build_sites": ["a", "b"]}
     assert json.loads(later[later.index("--vars") + 1]) == {"build_sites": ["c"]}
+    one = BuildPlan(**{**plan.__dict__, "rounds": ()})
+    assert one.dbt_invocations() == [["build", "--full-refresh"]]
 
 
 def test_a_node_keeps_its_worst_status_over_the_rounds() -> None:
