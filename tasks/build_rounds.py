@@ -77,7 +77,10 @@ def source_rows_by_site(catalog: Catalog) -> dict[str, int]:
     for identifier in sources:
         if not catalog.table_exists(identifier):
             continue
-        partitions = catalog.load_table(identifier).inspect.partitions()
+        table = catalog.load_table(identifier)
+        if table.current_snapshot() is None:  # created, never written
+            continue
+        partitions = table.inspect.partitions()
         if partitions.num_rows == 0:
             continue
         sites = partitions.column("partition").combine_chunks().field("site_id").to_pylist()
