@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
+from pydantic import SecretStr
 
+from blocks.nightscout import NightscoutSite
 from tasks.simulator import SimulatorServer, SiteConfig
 
 NOW = datetime(2024, 4, 10, 12, 0, tzinfo=UTC)
@@ -43,3 +45,20 @@ def site_env(simulator: SimulatorServer, cascade_home: Path,
     monkeypatch.delenv("CASCADE_TIMEZONE", raising=False)
     simulator.clear_faults()
     return simulator
+
+
+def register_site_blocks(server: SimulatorServer, sites: list[SiteConfig],
+                         monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One ``nightscout-site`` block per simulated site of ``server`` (named ``ns-<site>``),
+    and no site in the environment; the block names."""
+    for var in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID",
+                "NIGHTSCOUT_BLOCK", "NIGHTSCOUT_TOKEN", "CASCADE_TIMEZONE"):
+        monkeypatch.delenv(var, raising=False)
+    names = []
+    for site in sites:
+        name = f"ns-{site.site_id}"
+        NightscoutSite(url=server.url_for(site.site_id), site_id=site.site_id,
+                       api_secret=SecretStr(site.api_secret or "")).save(name, overwrite=True)
+        names.append(name)
+    server.clear_faults()
+    return names

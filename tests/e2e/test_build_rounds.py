@@ -20,9 +20,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from prefect.settings import PREFECT_API_URL
-from pydantic import SecretStr
 
-from blocks.nightscout import NightscoutSite
 from flows.build_branch import build_branch
 from flows.pipeline import backfill
 from flows.validate import validate
@@ -35,7 +33,7 @@ from tasks.profile import embedded_lakehouse
 from tasks.simulator import SimulatorServer, SiteConfig
 from tests.e2e.model_compare import MODEL_NAMESPACES, assert_same_tables, tables_of
 
-from .conftest import NOW
+from .conftest import NOW, register_site_blocks
 
 pytestmark = pytest.mark.e2e
 
@@ -57,17 +55,10 @@ def three_sites() -> Iterator[SimulatorServer]:
 @pytest.fixture
 def site_blocks(three_sites: SimulatorServer, cascade_home: object,
                 monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """One nightscout-site block per simulated site; no site in the environment."""
-    for var in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID",
-                "NIGHTSCOUT_BLOCK", "NIGHTSCOUT_TOKEN", "CASCADE_TIMEZONE", ROUND_ROWS_ENV):
-        monkeypatch.delenv(var, raising=False)
-    names = []
-    for site in SITES:
-        name = f"ns-{site.site_id}"
-        NightscoutSite(url=three_sites.url_for(site.site_id), site_id=site.site_id,
-                       api_secret=SecretStr(SECRET)).save(name, overwrite=True)
-        names.append(name)
-    return names
+    """One nightscout-site block per simulated site; no site in the environment, and the
+    default round size."""
+    monkeypatch.delenv(ROUND_ROWS_ENV, raising=False)
+    return register_site_blocks(three_sites, SITES, monkeypatch)
 
 
 def _built_in_one_round(branch: str) -> dict[str, pl.DataFrame]:

@@ -20,7 +20,7 @@ from tasks.profile import embedded_lakehouse
 from tasks.settings import load_lakehouse_settings
 from tasks.simulator import SimulatorServer, SiteConfig
 
-from .conftest import NOW
+from .conftest import NOW, register_site_blocks
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +41,7 @@ def two_sites() -> Iterator[SimulatorServer]:
 def site_blocks(two_sites: SimulatorServer, cascade_home: object,
                 monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """One nightscout-site block per simulated site; no site in the environment."""
-    for var in ("NIGHTSCOUT_URL", "NIGHTSCOUT_API_SECRET", "NIGHTSCOUT_SITE_ID",
-                "NIGHTSCOUT_BLOCK", "NIGHTSCOUT_TOKEN", "CASCADE_TIMEZONE"):
-        monkeypatch.delenv(var, raising=False)
-    names = []
-    for site in SITES:
-        name = f"ns-{site.site_id}"
-        NightscoutSite(url=two_sites.url_for(site.site_id), site_id=site.site_id,
-                       api_secret=SecretStr(SECRET)).save(name, overwrite=True)
-        names.append(name)
-    two_sites.clear_faults()
-    return names
+    return register_site_blocks(two_sites, SITES, monkeypatch)
 
 
 def _entries_requests(server: SimulatorServer, site: str) -> int:
